@@ -1,0 +1,200 @@
+"""Cases: routing to units, recording submissions, replies and status.
+
+Everything here works on metadata and object names; content is ciphertext the core cannot read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .errors import NotFound, SubmissionRejected
+from .models import (
+    Case,
+    CaseStatus,
+    Document,
+    DocumentRole,
+    Reply,
+    Submission,
+    Unit,
+    UnitKind,
+    utcnow_minute,
+)
+from .store import PendingObject, Store
+
+
+@dataclass(frozen=True)
+class UnitView:
+    id: int
+    slug: str
+    kind: UnitKind
+    name_en: str
+    name_hi: str
+    officer_fingerprints: tuple[str, ...]
+
+    def name(self, locale: str) -> str:
+        return self.name_hi if locale == "hi" else self.name_en
+
+
+@dataclass(frozen=True)
+class ReplyView:
+    id: int
+    sent_at: dt.datetime
+    object_name: str
+
+
+@dataclass(frozen=True)
+class CaseView:
+    id: int
+    public_id: str
+    unit: UnitView
+    status: CaseStatus
+    received_at: dt.datetime
+    updated_at: dt.datetime
+    submission_count: int
+    replies: tuple[ReplyView, ...]
+
+
+def _unit_view(unit: Unit) -> UnitView:
+    return UnitView(
+        id=unit.id, slug=unit.slug, kind=unit.kind, name_en=unit.name_en, name_hi=unit.name_hi,
+        officer_fingerprints=tuple(sorted(o.fingerprint for o in unit.officers if o.active)),
+    )
+
+
+class Cases:
+    def __init__(
+        self, *, sessions: async_sessionmaker[AsyncSession], store: Store, oversight_fingerprint: str
+    ) -> None:
+        self._sessions = sessions
+        self._store = store
+        self._oversight = oversight_fingerprint
+
+    async def active_units(self) -> list[UnitView]:
+        async with self._sessions() as db:
+            units = (await db.scalars(select(Unit).where(Unit.active).order_by(Unit.id))).all()
+            return [_unit_view(u) for u in units]
+
+    async def unit_by_slug(self, slug: str) -> UnitView:
+        async with self._sessions() as db:
+            unit = await db.scalar(select(Unit).where(Unit.slug == slug, Unit.active))
+            if unit is None:
+                raise SubmissionRejected("unknown_unit")
+            return _unit_view(unit)
+
+    def recipients(self, unit: UnitView) -> list[str]:
+        """A unit's designated officers and the district oversight key."""
+        return sorted({*unit.officer_fingerprints, self._oversight})
+
+    async def case_of_source(self, source_id: int) -> CaseView | None:
+        async with self._sessions() as db:
+            case = await db.scalar(select(Case).where(Case.source_id == source_id))
+            if case is None:
+                return None
+            return CaseView(
+                id=case.id, public_id=case.public_id, unit=_unit_view(case.unit),
+                status=case.status, received_at=case.received_at, updated_at=case.updated_at,
+                submission_count=len(case.submissions),
+                replies=tuple(
+                    ReplyView(id=r.id, sent_at=r.sent_at, object_name=r.object_name)
+                    for r in case.replies
+                    if not r.deleted_by_source and r.object_name
+                ),
+            )
+
+    async def record_submission(
+        self,
+        *,
+        source_id: int,
+        unit: UnitView,
+        objects: list[tuple[DocumentRole, PendingObject]],
+    ) -> int:
+        """Move the finished ciphertexts into the store and record them in one transaction.
+
+        Objects are made durable before the commit; if the commit fails they are removed, so
+        the tip is either wholly stored and acknowledged or not at all.
+        """
+        committed: list[str] = []
+        try:
+            async with self._sessions.begin() as db:
+                case = await db.scalar(select(Case).where(Case.source_id == source_id))
+                if case is None:
+                    case = Case(source_id=source_id, unit_id=unit.id)
+                    db.add(case)
+                    await db.flush()
+                else:
+                    case.updated_at = utcnow_minute()
+                submission = Submission(case_id=case.id)
+                db.add(submission)
+                await db.flush()
+                for role, pending in objects:
+                    size = pending.size()
+                    name = self._store.commit(pending, case_public_id=case.public_id, role=role.value)
+                    committed.append(name)
+                    db.add(Document(submission_id=submission.id, role=role, object_name=name, size=size))
+                await db.flush()
+                return submission.id
+        except BaseException:
+            for name in committed:
+                self._store.delete(name)
+            raise
+
+    async def add_reply(self, case_id: int, ciphertext: bytes) -> int:
+        """Store a reply that is already ciphertext (encrypted at an officer's desk)."""
+        async with self._sessions.begin() as db:
+            case = await db.get(Case, case_id)
+            if case is None:
+                raise NotFound("no such case")
+            name = self._store.write_bytes(ciphertext, case_public_id=case.public_id, role="reply")
+            try:
+                reply = Reply(case_id=case.id, object_name=name, size=len(ciphertext))
+                db.add(reply)
+                case.updated_at = utcnow_minute()
+                await db.flush()
+                return reply.id
+            except BaseException:
+                self._store.delete(name)
+                raise
+
+    async def set_status(self, case_id: int, status: CaseStatus) -> None:
+        async with self._sessions.begin() as db:
+            case = await db.get(Case, case_id)
+            if case is None:
+                raise NotFound("no such case")
+            case.status = status
+            case.updated_at = utcnow_minute()
+
+    async def reply_ciphertext(self, source_id: int, reply_id: int) -> bytes:
+        async with self._sessions() as db:
+            reply = await self._own_reply(db, source_id, reply_id)
+            assert reply.object_name is not None
+            return self._store.read(reply.object_name)
+
+    async def delete_reply(self, source_id: int, reply_id: int) -> None:
+        """The source removes a reply: the ciphertext goes, a marker stays for the officers."""
+        async with self._sessions.begin() as db:
+            reply = await self._own_reply(db, source_id, reply_id)
+            name = reply.object_name
+            reply.deleted_by_source = True
+            reply.object_name = None
+        if name:
+            self._store.delete(name)
+
+    async def _own_reply(self, db: AsyncSession, source_id: int, reply_id: int) -> Reply:
+        reply = await db.scalar(
+            select(Reply)
+            .join(Case, Reply.case_id == Case.id)
+            .where(Reply.id == reply_id, Case.source_id == source_id, ~Reply.deleted_by_source)
+        )
+        if reply is None or reply.object_name is None:
+            raise NotFound("no such reply")
+        return reply
+
+    async def referenced_objects(self) -> set[str]:
+        async with self._sessions() as db:
+            docs = (await db.scalars(select(Document.object_name))).all()
+            replies = (await db.scalars(select(Reply.object_name).where(Reply.object_name.is_not(None)))).all()
+        return {*docs, *(r for r in replies if r)}

@@ -1,0 +1,147 @@
+"""Intake: turning a tip into ciphertext objects as it arrives, then storing it all or nothing.
+
+A Draft belongs to one request. Each file streams through its own gpg into a store temp file;
+the structured message (answers, text, file list) is encrypted last. Nothing is in the database
+until ``commit``; ``abort`` (or any exception inside ``async with``) kills gpg and deletes every
+temp file, so a rejected, failed or disconnected upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from .cases import Cases, UnitView
+from .errors import SubmissionRejected
+from .models import DocumentRole
+from .pgp import EncryptionStream, Keyring
+from .store import PendingObject, Store
+
+MESSAGE_FORMAT = "cpcp-tip/1"
+
+
+@dataclass
+class FileRecord:
+    name: str
+    content_type: str
+    size: int = 0
+
+
+@dataclass
+class _OpenFile:
+    record: FileRecord
+    pending: PendingObject
+    stream: EncryptionStream
+
+
+@dataclass
+class Draft:
+    store: Store
+    keyring: Keyring
+    cases: Cases
+    recipients: Sequence[str]
+    max_bytes: int
+    max_files: int
+    objects: list[tuple[DocumentRole, PendingObject]] = field(default_factory=list)
+    files: list[FileRecord] = field(default_factory=list)
+    received_bytes: int = 0
+    _open: _OpenFile | None = None
+
+    async def __aenter__(self) -> Draft:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Whatever happened, nothing of an uncommitted draft may remain.
+        await self.abort()
+
+    def _count(self, n: int) -> None:
+        self.received_bytes += n
+        if self.received_bytes > self.max_bytes:
+            raise SubmissionRejected("too_large", status=413)
+
+    async def open_file(self, name: str, content_type: str) -> None:
+        if self._open is not None:
+            await self.close_file()
+        if len(self.files) >= self.max_files:
+            raise SubmissionRejected("too_many_files", status=413)
+        pending = self.store.new_object()
+        self.objects.append((DocumentRole.FILE, pending))
+        stream = await self.keyring.start_encryption(self.recipients, pending.fd, filename=name)
+        record = FileRecord(name=name, content_type=content_type)
+        self.files.append(record)
+        self._open = _OpenFile(record, pending, stream)
+
+    async def write_file(self, chunk: bytes) -> None:
+        assert self._open is not None, "open_file first"
+        self._count(len(chunk))
+        self._open.record.size += len(chunk)
+        await self._open.stream.write(chunk)
+
+    async def close_file(self) -> None:
+        if self._open is None:
+            return
+        opened, self._open = self._open, None
+        await opened.stream.finish()
+
+    async def add_message(self, answers: dict[str, Any]) -> None:
+        """Encrypt the structured message; it lists the files, so it comes after them."""
+        await self.close_file()
+        body = {
+            "format": MESSAGE_FORMAT,
+            **answers,
+            "files": [
+                {"name": f.name, "content_type": f.content_type, "size": f.size} for f in self.files
+            ],
+        }
+        data = json.dumps(body, ensure_ascii=False, indent=2).encode("utf-8")
+        self._count(len(data))
+        pending = self.store.new_object()
+        self.objects.insert(0, (DocumentRole.MESSAGE, pending))
+        stream = await self.keyring.start_encryption(self.recipients, pending.fd)
+        try:
+            await stream.write(data)
+            await stream.finish()
+        except BaseException:
+            await stream.abort()
+            raise
+
+    async def commit(self, *, source_id: int, unit: UnitView) -> int:
+        """Store every object and the rows in one go; returns the submission id."""
+        if self._open is not None:
+            await self.close_file()
+        objects, self.objects = self.objects, []
+        try:
+            return await self.cases.record_submission(source_id=source_id, unit=unit, objects=objects)
+        except BaseException:
+            for _, pending in objects:
+                self.store.discard(pending)
+            raise
+
+    async def abort(self) -> None:
+        if self._open is not None:
+            opened, self._open = self._open, None
+            await opened.stream.abort()
+        for _, pending in self.objects:
+            self.store.discard(pending)
+        self.objects = []
+
+
+class Intake:
+    def __init__(self, *, store: Store, keyring: Keyring, cases: Cases, max_bytes: int, max_files: int) -> None:
+        self._store = store
+        self._keyring = keyring
+        self._cases = cases
+        self._max_bytes = max_bytes
+        self._max_files = max_files
+
+    def draft(self, unit: UnitView) -> Draft:
+        return Draft(
+            store=self._store, keyring=self._keyring, cases=self._cases,
+            recipients=self._cases.recipients(unit), max_bytes=self._max_bytes,
+            max_files=self._max_files,
+        )

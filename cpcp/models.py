@@ -1,0 +1,199 @@
+"""Database models. Only the metadata DESIGN.md lists is in clear; everything else is ciphertext
+in the store, referred to by object name.
+
+Every change here needs an Alembic migration (tests/test_migrations.py keeps them in agreement).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes on every backend (SQLite forgets the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def utcnow_minute() -> dt.datetime:
+    """Now, to the minute: received times need no finer grain, and finer helps correlation."""
+    return dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class UnitKind(enum.StrEnum):
+    POLICE_STATION = "police_station"
+    CELL = "cell"
+    CONTROL_ROOM = "control_room"
+
+
+class CaseStatus(enum.StrEnum):
+    RECEIVED = "received"
+    UNDER_REVIEW = "under_review"
+    ACTION_TAKEN = "action_taken"
+    CLOSED = "closed"
+
+
+class DocumentRole(enum.StrEnum):
+    MESSAGE = "message"  # the structured answers and free text, as JSON
+    FILE = "file"
+
+
+unit_officers = Table(
+    "unit_officers",
+    Base.metadata,
+    Column("unit_id", ForeignKey("units.id", ondelete="CASCADE"), primary_key=True),
+    Column("officer_id", ForeignKey("officers.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class Unit(Base):
+    """A police station, a cell or the control room; tips are routed to one."""
+
+    __tablename__ = "units"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[UnitKind] = mapped_column(
+        Enum(UnitKind, native_enum=False, length=20, create_constraint=True,
+             values_callable=lambda e: [m.value for m in e], name="unit_kind")
+    )
+    name_en: Mapped[str] = mapped_column(String(200))
+    name_hi: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    officers: Mapped[list[Officer]] = relationship(
+        secondary=unit_officers, back_populates="units", lazy="selectin"
+    )
+
+
+class Officer(Base):
+    """A designated officer; only the public key's pinned fingerprint is known to the server."""
+
+    __tablename__ = "officers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    handle: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    fingerprint: Mapped[str] = mapped_column(String(40), unique=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    units: Mapped[list[Unit]] = relationship(
+        secondary=unit_officers, back_populates="officers", lazy="selectin"
+    )
+
+
+class Source(Base):
+    """A codename holder. The codename itself is nowhere; only its slow keyed hash."""
+
+    __tablename__ = "sources"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lookup_id: Mapped[str] = mapped_column(String(64), unique=True)
+    reply_key_fingerprint: Mapped[str] = mapped_column(String(40), unique=True)
+
+
+class Case(Base):
+    """What a source sent to one unit, and what happened to it."""
+
+    __tablename__ = "cases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Random public id: names the case's store folder and is the tip ID officers quote.
+    public_id: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuid.uuid4()))
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), unique=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), index=True)
+    status: Mapped[CaseStatus] = mapped_column(
+        Enum(CaseStatus, native_enum=False, length=20, create_constraint=True,
+             values_callable=lambda e: [m.value for m in e], name="case_status"),
+        default=CaseStatus.RECEIVED,
+    )
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow_minute)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow_minute)
+    unit: Mapped[Unit] = relationship(lazy="joined")
+    submissions: Mapped[list[Submission]] = relationship(
+        back_populates="case", order_by="Submission.id", lazy="selectin"
+    )
+    replies: Mapped[list[Reply]] = relationship(
+        back_populates="case", order_by="Reply.id", lazy="selectin"
+    )
+
+
+class Submission(Base):
+    """One sending from the source: a message and any files, stored all or nothing."""
+
+    __tablename__ = "submissions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow_minute)
+    case: Mapped[Case] = relationship(back_populates="submissions")
+    documents: Mapped[list[Document]] = relationship(
+        back_populates="submission", order_by="Document.id", lazy="selectin"
+    )
+
+
+class Document(Base):
+    """One ciphertext object in the store."""
+
+    __tablename__ = "documents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    submission_id: Mapped[int] = mapped_column(
+        ForeignKey("submissions.id", ondelete="CASCADE"), index=True
+    )
+    role: Mapped[DocumentRole] = mapped_column(
+        Enum(DocumentRole, native_enum=False, length=20, create_constraint=True,
+             values_callable=lambda e: [m.value for m in e], name="document_role")
+    )
+    object_name: Mapped[str] = mapped_column(String(200), unique=True)
+    size: Mapped[int] = mapped_column(Integer)  # ciphertext bytes
+    submission: Mapped[Submission] = relationship(back_populates="documents")
+
+
+class Reply(Base):
+    """An officer's reply, encrypted at the desk to the source's key and the unit's keys."""
+
+    __tablename__ = "replies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    object_name: Mapped[str | None] = mapped_column(String(200), unique=True)
+    size: Mapped[int] = mapped_column(Integer)
+    sent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow_minute)
+    # The source deleted it: the ciphertext is gone, the row tells officers it was read and removed.
+    deleted_by_source: Mapped[bool] = mapped_column(Boolean, default=False)
+    case: Mapped[Case] = relationship(back_populates="replies")

@@ -1,0 +1,212 @@
+"""The one typed settings object: loaded and validated once, then passed in.
+
+This is the only module that reads configuration files or the environment. Values come from a
+TOML file (``cpcp.toml`` in the data folder by default), then ``CPCP_*`` environment variables
+override single keys (``CPCP_SOURCE__PORT=8081`` sets ``[source] port``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+KIB = 1024
+MIB = 1024 * KIB
+SECONDS = 1
+MINUTES = 60 * SECONDS
+
+LOCALES = ("hi", "en")
+
+
+@dataclass(frozen=True)
+class KdfSettings:
+    """argon2id cost of turning a codename into its lookup id and reply-key passphrase.
+
+    The cost is what makes a stolen database useless for guessing codenames offline.
+    """
+
+    time_cost: int = 3
+    memory_kib: int = 64 * KIB
+    parallelism: int = 1
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """The public, source-facing web app."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    session_idle_timeout: int = 60 * MINUTES
+    # Cookie "Secure" flag: off by default because onion services are served over plain http.
+    secure_cookie: bool = False
+    # A wrong codename costs the guesser this long before the answer.
+    login_failure_delay: float = 2.0 * SECONDS
+    # Whole-site budget of wrong codenames per minute; all onion clients share 127.0.0.1,
+    # so this cannot be per address.
+    login_failures_per_minute: int = 30
+    # Concurrent codename hashes; each costs ``kdf.memory_kib`` of memory.
+    login_concurrency: int = 2
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    keys_dir: Path
+    deployment_file: Path | None
+    oversight_fingerprint: str
+    oversight_key_file: str = "oversight.asc"  # in keys_dir
+    default_locale: str = "hi"
+    max_upload_bytes: int = 500 * MIB
+    max_files_per_submission: int = 20
+    max_text_chars: int = 20_000
+    gpg_binary: str = "gpg"
+    source: SourceSettings = field(default_factory=SourceSettings)
+    kdf: KdfSettings = field(default_factory=KdfSettings)
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def gnupg_home(self) -> Path:
+        return self.data_dir / "gnupg"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.data_dir / "secrets.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+
+def _coerce(name: str, raw: Any, target: Any) -> Any:
+    """Convert a TOML or environment value to the annotated type of the field."""
+    try:
+        if target in ("int", int):
+            return int(raw)
+        if target in ("float", float):
+            return float(raw)
+        if target in ("bool", bool):
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if target in ("str", str):
+            return str(raw)
+        if target in ("Path", Path):
+            return Path(raw)
+        if target in ("Path | None",):
+            return None if raw in ("", None) else Path(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: cannot use {raw!r} ({exc})") from exc
+    raise ConfigError(f"setting {name!r}: unsupported type {target!r}")
+
+
+def _build(cls: Any, values: Mapping[str, Any], prefix: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(prefix + u for u in sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for name, f in known.items():
+        if name not in values:
+            continue
+        raw = values[name]
+        if f.type in ("SourceSettings", "KdfSettings"):
+            sub = SourceSettings if f.type == "SourceSettings" else KdfSettings
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"setting {prefix}{name!r} must be a table")
+            kwargs[name] = _build(sub, raw, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(prefix + name, raw, f.type)
+    return cls(**kwargs)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith("CPCP_") or key.startswith("CPCP_TEST_") or key == "CPCP_CONFIG":
+            continue
+        parts = key[len("CPCP_"):].lower().split("__")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    config_file: Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the TOML file (if any) and the ``CPCP_*`` environment; validate; return Settings.
+
+    ``config_file`` defaults to ``$CPCP_CONFIG``. Relative paths in the file are taken relative
+    to the file's folder.
+    """
+    env = os.environ if env is None else env
+    if config_file is None and env.get("CPCP_CONFIG"):
+        config_file = Path(env["CPCP_CONFIG"])
+    values: dict[str, Any] = {}
+    base = Path.cwd()
+    if config_file is not None:
+        try:
+            values = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {config_file} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from exc
+        base = config_file.resolve().parent
+    values = _merge(values, _env_overrides(env))
+    if "data_dir" not in values:
+        raise ConfigError("data_dir is not set (config file or CPCP_DATA_DIR)")
+    for key in ("data_dir", "keys_dir", "deployment_file"):
+        if values.get(key):
+            values[key] = str((base / str(values[key])).resolve())
+    data_dir = Path(values["data_dir"])
+    values.setdefault("database_url", f"sqlite+aiosqlite:///{data_dir / 'cpcp.sqlite'}")
+    values.setdefault("keys_dir", str(data_dir / "keys"))
+    values.setdefault("deployment_file", None)
+    if "oversight_fingerprint" not in values:
+        raise ConfigError("oversight_fingerprint is not set: every tip is also encrypted to it")
+    settings: Settings = _build(Settings, values, "")
+    return validate(settings)
+
+
+def validate(settings: Settings) -> Settings:
+    """Fail closed on settings that cannot work or would weaken the system."""
+    fpr = settings.oversight_fingerprint
+    if len(fpr) != 40 or any(c not in "0123456789ABCDEF" for c in fpr):
+        raise ConfigError("oversight_fingerprint must be a 40-hex-digit upper-case fingerprint")
+    if settings.default_locale not in LOCALES:
+        raise ConfigError(f"default_locale must be one of {', '.join(LOCALES)}")
+    if not settings.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ConfigError("database_url must use sqlite+aiosqlite:// or postgresql+asyncpg://")
+    if settings.max_upload_bytes < 1 * MIB:
+        raise ConfigError("max_upload_bytes must be at least 1 MiB")
+    if settings.kdf.memory_kib < 8 * KIB or settings.kdf.time_cost < 1:
+        raise ConfigError("kdf settings are too weak (memory_kib >= 8192, time_cost >= 1)")
+    if settings.source.login_concurrency < 1 or settings.source.login_failures_per_minute < 1:
+        raise ConfigError("source login_concurrency and login_failures_per_minute must be >= 1")
+    return settings

@@ -1,0 +1,85 @@
+"""Source accounts: codename in, lookup id and reply key out. Nothing here stores a codename."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .codenames import Codename, ReplyPassphrase, derive_keys, normalize_codename
+from .errors import UnknownCodename
+from .models import Source
+from .pgp import Keyring, random_uid
+from .settings import KdfSettings
+from .throttle import LoginThrottle
+
+
+@dataclass(frozen=True)
+class SourceLogin:
+    """What a logged-in source's session holds: its row id and the key to its reply key."""
+
+    source_id: int
+    reply_passphrase: ReplyPassphrase
+
+
+class SourceAccounts:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        keyring: Keyring,
+        salt: bytes,
+        kdf: KdfSettings,
+        throttle: LoginThrottle,
+    ) -> None:
+        self._sessions = sessions
+        self._keyring = keyring
+        self._salt = salt
+        self._kdf = kdf
+        self._throttle = throttle
+
+    async def create(self, codename: Codename) -> SourceLogin:
+        """Register a new codename: store its lookup id, make its reply key pair."""
+        async with self._throttle.hashing():
+            keys = await asyncio.to_thread(derive_keys, codename, salt=self._salt, kdf=self._kdf)
+        fpr = await asyncio.to_thread(
+            self._keyring.generate_key, passphrase=keys.reply_passphrase, uid=random_uid()
+        )
+        async with self._sessions.begin() as db:
+            source = Source(lookup_id=keys.lookup_id, reply_key_fingerprint=fpr)
+            db.add(source)
+            await db.flush()
+            return SourceLogin(source_id=source.id, reply_passphrase=keys.reply_passphrase)
+
+    async def login(self, typed: str) -> SourceLogin:
+        """Check a typed codename. Wrong ones raise UnknownCodename after the failure delay;
+        when the site's budget of wrong codenames is spent, Throttled comes first."""
+        self._throttle.check()
+        try:
+            codename = normalize_codename(typed)
+        except UnknownCodename:
+            await self._throttle.record_failure()
+            raise
+        async with self._throttle.hashing():
+            keys = await asyncio.to_thread(derive_keys, codename, salt=self._salt, kdf=self._kdf)
+        async with self._sessions() as db:
+            source_id = await db.scalar(select(Source.id).where(Source.lookup_id == keys.lookup_id))
+        if source_id is None:
+            await self._throttle.record_failure()
+            raise UnknownCodename("no such codename")
+        return SourceLogin(source_id=source_id, reply_passphrase=keys.reply_passphrase)
+
+    async def reply_key_fingerprint(self, source_id: int) -> str:
+        async with self._sessions() as db:
+            fpr = await db.scalar(select(Source.reply_key_fingerprint).where(Source.id == source_id))
+        if fpr is None:
+            raise UnknownCodename("source is gone")
+        return fpr
+
+    async def decrypt_reply(self, login: SourceLogin, ciphertext: bytes) -> bytes:
+        """Plaintext of a reply, in memory, for this source's eyes only."""
+        return await asyncio.to_thread(
+            self._keyring.decrypt_bytes, ciphertext, passphrase=login.reply_passphrase
+        )
