@@ -1,0 +1,66 @@
+"""WTForms forms: validation and CSRF (SessionCSRF, keyed by a server secret) for every POST.
+
+Labels and messages are rendered by the templates in the reader's language; the forms only
+validate. File fields are not here: files never pass through WTForms (see upload.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wtforms import Form, SelectField, StringField, TextAreaField
+from wtforms.csrf.session import SessionCSRF
+from wtforms.fields import DateTimeLocalField
+from wtforms.validators import DataRequired, Length, Optional
+
+KINDS = ("information", "complaint", "suggestion", "event_feedback")
+CATEGORIES = (
+    "suspicious_person",
+    "suspicious_vehicle",
+    "criminal_activity",
+    "illegal_trade",
+    "traffic",
+    "law_and_order",
+    "social_safety",
+    "women_safety",
+    "other",
+)
+
+
+class CSRFForm(Form):
+    """Base of every form: a CSRF token bound to the session, with no time limit of its own
+    (the session's idle timeout bounds it, so a long tip is not lost to an expired token)."""
+
+    class Meta:
+        csrf = True
+        csrf_class = SessionCSRF
+        csrf_time_limit = None
+
+    @classmethod
+    def bound(cls, formdata: Any, *, secret: bytes, session: Any, **kwargs: Any) -> CSRFForm:
+        return cls(formdata=formdata, meta={"csrf_secret": secret, "csrf_context": session}, **kwargs)
+
+    def csrf_failed(self) -> bool:
+        return "csrf_token" in self.errors
+
+
+class ActionForm(CSRFForm):
+    """Create account, log out, delete a reply: nothing but the token."""
+
+
+class LoginForm(CSRFForm):
+    codename = StringField(validators=[DataRequired(), Length(max=300)])
+
+
+class FollowUpForm(CSRFForm):
+    text = TextAreaField(validators=[Optional(), Length(max=20_000)])
+
+
+class TipForm(FollowUpForm):
+    unit = SelectField(validators=[DataRequired()], choices=[], validate_choice=True)
+    kind = SelectField(choices=[(k, k) for k in KINDS], validators=[DataRequired()])
+    category = SelectField(choices=[("", "")] + [(c, c) for c in CATEGORIES],
+                           validators=[Optional()], validate_choice=True)
+    place = StringField(validators=[Optional(), Length(max=500)])
+    area = SelectField(choices=[], validators=[Optional()], validate_choice=True)
+    when = DateTimeLocalField(validators=[Optional()], format="%Y-%m-%dT%H:%M")

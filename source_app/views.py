@@ -1,0 +1,365 @@
+"""All source-facing routes. Request globals live here and in web.py only."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from quart import Quart, Response, current_app, g, redirect, render_template, request, session, url_for
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import HTTPException
+
+from cpcp.cases import CaseView, UnitView
+from cpcp.codenames import Codename, generate_codename
+from cpcp.errors import NotFound, SubmissionRejected, Throttled, UnknownCodename
+from cpcp.i18n import pick_locale
+from cpcp.intake import Draft
+from cpcp.models import CaseStatus
+from cpcp.services import CoreServices
+from cpcp.sources import SourceLogin
+
+from .forms import CATEGORIES, KINDS, ActionForm, CSRFForm, FollowUpForm, LoginForm, TipForm
+from .upload import TipReceiver
+from .web import LANG_COOKIE, gettext, safe_next
+
+LOGIN = "login"
+NEW_CODENAME = "new_codename"  # shown once more on the first submit page, then dropped
+PENDING_CODENAME = "pending_codename"
+FLASH = "flash"
+
+
+class FormRejected(Exception):
+    """The tip's fields did not validate; the view re-renders the form with its errors."""
+
+    def __init__(self, form: CSRFForm) -> None:
+        super().__init__("form rejected")
+        self.form = form
+
+
+def core() -> CoreServices:
+    result: CoreServices = current_app.extensions["cpcp_core"]
+    return result
+
+
+def bind(form_cls: type[CSRFForm], formdata: Any = None, **kwargs: Any) -> Any:
+    return form_cls.bound(formdata, secret=core().secrets.source_csrf_key, session=session, **kwargs)
+
+
+def current_login() -> SourceLogin | None:
+    login = session.get(LOGIN)
+    return login if isinstance(login, SourceLogin) else None
+
+
+def labels() -> dict[str, dict[str, str]]:
+    """Translated labels of the fixed choices (kinds, categories, statuses, unit kinds)."""
+    _ = gettext
+    return {
+        "kind": {
+            "information": _("Information"),
+            "complaint": _("Complaint"),
+            "suggestion": _("Suggestion"),
+            "event_feedback": _("Feedback on a festival, gathering or procession"),
+        },
+        "category": {
+            "suspicious_person": _("Suspicious person"),
+            "suspicious_vehicle": _("Suspicious vehicle"),
+            "criminal_activity": _("Criminal activity"),
+            "illegal_trade": _("Illegal trade (drugs, liquor, arms, gambling, cattle smuggling)"),
+            "traffic": _("Traffic or road accident"),
+            "law_and_order": _("Law and order"),
+            "social_safety": _("Social safety"),
+            "women_safety": _("Harassment of women"),
+            "other": _("Other"),
+        },
+        "status": {
+            CaseStatus.RECEIVED.value: _("Received"),
+            CaseStatus.UNDER_REVIEW.value: _("Under review"),
+            CaseStatus.ACTION_TAKEN.value: _("Action taken"),
+            CaseStatus.CLOSED.value: _("Closed"),
+        },
+        "unit_kind": {
+            "police_station": _("Police stations"),
+            "cell": _("Cells"),
+            "control_room": _("Control room"),
+        },
+    }
+
+
+def rejection_message(reason: str) -> str:
+    _ = gettext
+    return {
+        "too_large": _("The files are too large. Nothing was sent. Send smaller files, or fewer at a time."),
+        "too_many_files": _("Too many files at once. Nothing was sent. Send at most %(n)s files at a time.",
+                            n=core().settings.max_files_per_submission),
+        "malformed": _("The upload was incomplete or damaged. Nothing was sent. Please try again."),
+        "empty": _("Your tip is empty. Write something or attach a file."),
+        "unknown_unit": _("Please choose a police station, cell or the control room from the list."),
+        "bad_form": _("Please check the form: some answers are not valid."),
+        "expired": _("Your session has ended or the page was too old. Nothing was sent. Log in again with your codename and send it again."),
+        "not_multipart": _("The upload was incomplete or damaged. Nothing was sent. Please try again."),
+    }.get(reason, _("Your tip could not be accepted. Nothing was sent."))
+
+
+async def error_page(status: int, message: str, title: str | None = None) -> Response:
+    body = await render_template("error.html", status=status, title=title or gettext("Something went wrong"),
+                                 message=message)
+    return Response(body, status=status, content_type="text/html; charset=utf-8")
+
+
+async def tip_form_page(form: TipForm | FollowUpForm, *, status: int = 200, error: str | None = None,
+                        case: CaseView | None = None) -> Response:
+    units = await core().cases.active_units()
+    if case is None:
+        template = "submit.html"
+    else:
+        template = "case.html"
+    context: dict[str, Any] = {
+        "form": form, "error": error, "labels": labels(), "units": units, "kinds": KINDS,
+        "categories": CATEGORIES, "new_codename": session.get(NEW_CODENAME),
+        "max_upload_mib": core().settings.max_upload_bytes // (1024 * 1024),
+        "max_files": core().settings.max_files_per_submission,
+    }
+    if case is not None:
+        context.update(await case_context(case))
+    body = await render_template(template, **context)
+    return Response(body, status=status, content_type="text/html; charset=utf-8")
+
+
+async def case_context(case: CaseView) -> dict[str, Any]:
+    login = current_login()
+    assert login is not None
+    replies = []
+    for reply in case.replies:
+        try:
+            ciphertext = await core().cases.reply_ciphertext(login.source_id, reply.id)
+            text = (await core().sources.decrypt_reply(login, ciphertext)).decode("utf-8", "replace")
+        except Exception:  # one unreadable reply must not hide the others
+            text = None
+        replies.append({"id": reply.id, "sent_at": reply.sent_at, "text": text})
+    return {
+        "case": case, "replies": replies, "unit_name": case.unit.name(g.locale),
+        "delete_form": bind(ActionForm), "flash": session.pop(FLASH, None),
+    }
+
+
+def fill_choices(form: TipForm, units: list[UnitView]) -> None:
+    form.unit.choices = [(u.slug, u.slug) for u in units]
+    form.area.choices = [("", "")] + [(u.slug, u.slug) for u in units if u.kind.value == "police_station"]
+
+
+def install(app: Quart) -> None:  # noqa: C901 - one place for the whole URL table
+    @app.before_request
+    async def set_locale() -> Response | None:
+        g.locale = pick_locale(request.cookies.get(LANG_COOKIE), core().settings.default_locale)
+        # Only the submit view reads multipart, and it streams it; anywhere else a multipart
+        # body would be spooled to a temp file by the form parser, so it is refused up front.
+        if request.method == "POST" and request.endpoint != "submit":
+            if request.mimetype != "application/x-www-form-urlencoded":
+                return await error_page(415, gettext("This form could not be read. Please try again."))
+        return None
+
+    @app.get("/")
+    async def index() -> str:
+        return await render_template("index.html", logged_in=current_login() is not None)
+
+    @app.get("/lang/<code>")
+    async def set_language(code: str) -> Response:
+        response = redirect(safe_next(request.args.get("next")), 303)
+        if code in ("hi", "en"):
+            response.set_cookie(LANG_COOKIE, code, max_age=365 * 24 * 3600, httponly=True,
+                                samesite="Strict", path="/")
+        return response
+
+    @app.get("/generate")
+    async def generate() -> Response | str:
+        if current_login() is not None:
+            return redirect(url_for("case_page"), 303)
+        codename = generate_codename()
+        session[PENDING_CODENAME] = codename
+        return await render_template("generate.html", codename=codename.split(), form=bind(ActionForm))
+
+    @app.post("/create")
+    async def create() -> Response:
+        form = bind(ActionForm, await request.form)
+        codename = session.get(PENDING_CODENAME)
+        if not form.validate() or not codename:
+            return await error_page(400, rejection_message("expired"), gettext("Please start again"))
+        login = await core().sources.create(Codename(codename))
+        session.pop(PENDING_CODENAME, None)
+        session.regenerate()  # type: ignore[attr-defined]
+        session[LOGIN] = login
+        session[NEW_CODENAME] = codename
+        return redirect(url_for("submit_page"), 303)
+
+    @app.get("/submit")
+    async def submit_page() -> Response:
+        login = current_login()
+        if login is None:
+            return redirect(url_for("login"), 303)
+        if await core().cases.case_of_source(login.source_id) is not None:
+            return redirect(url_for("case_page"), 303)
+        form = bind(TipForm)
+        fill_choices(form, await core().cases.active_units())
+        return await tip_form_page(form)
+
+    @app.post("/submit")
+    async def submit() -> Response:
+        login = current_login()
+        if login is None:
+            return await error_page(403, rejection_message("expired"), gettext("Please log in"))
+        case = await core().cases.case_of_source(login.source_id)
+        limit = core().settings.max_upload_bytes
+        if request.content_length is not None and request.content_length > limit + 1024 * 1024:
+            return await error_page(413, rejection_message("too_large"))
+        if request.mimetype != "multipart/form-data" or "boundary" not in request.mimetype_params:
+            return await error_page(400, rejection_message("not_multipart"))
+        units = await core().cases.active_units()
+        form: TipForm | FollowUpForm | None = None
+        chosen: list[UnitView] = []
+
+        async def accept_fields(fields: MultiDict[str, str]) -> Draft:
+            nonlocal form
+            if case is None:
+                form = bind(TipForm, fields)
+                fill_choices(form, units)
+            else:
+                form = bind(FollowUpForm, fields)
+            if not form.validate():
+                raise FormRejected(form)
+            unit = case.unit if case is not None else await core().cases.unit_by_slug(form.unit.data)
+            chosen.append(unit)
+            return core().intake.draft(unit)
+
+        receiver = TipReceiver(request.mimetype_params["boundary"].encode("latin-1"),
+                               accept_fields=accept_fields)
+        try:
+            await receiver.run(request.body)
+            if receiver.draft is None:
+                receiver.draft = await accept_fields(receiver.fields)
+            assert form is not None
+            draft = receiver.draft
+            text = (form.text.data or "").strip()
+            if not text and not draft.files:
+                raise SubmissionRejected("empty")
+            await draft.add_message(answers(form, chosen[0], text, follow_up=case is not None))
+            await draft.commit(source_id=login.source_id, unit=chosen[0])
+        except FormRejected as rejected:
+            if rejected.form.csrf_failed():
+                return await error_page(400, rejection_message("expired"), gettext("Please start again"))
+            return await rerender(rejected.form, case, "bad_form", 400)
+        except SubmissionRejected as exc:
+            if form is not None and exc.reason in ("empty", "unknown_unit"):
+                return await rerender(form, case, exc.reason, exc.status)
+            return await error_page(exc.status, rejection_message(exc.reason))
+        finally:
+            if receiver.draft is not None:
+                await receiver.draft.abort()  # no-op after a commit
+        session.pop(NEW_CODENAME, None)
+        session[FLASH] = "received"
+        return redirect(url_for("case_page"), 303)
+
+    async def rerender(form: CSRFForm, case: CaseView | None, reason: str, status: int) -> Response:
+        assert isinstance(form, FollowUpForm)
+        if isinstance(form, TipForm):
+            fill_choices(form, await core().cases.active_units())
+        return await tip_form_page(form, status=status, error=rejection_message(reason), case=case)
+
+    @app.get("/login")
+    async def login() -> Response | str:
+        if current_login() is not None:
+            return redirect(url_for("case_page"), 303)
+        return await render_template("login.html", form=bind(LoginForm), error=None)
+
+    @app.post("/login")
+    async def login_post() -> Response | str:
+        form = bind(LoginForm, await request.form)
+        if not form.validate():
+            if form.csrf_failed():
+                return await error_page(400, rejection_message("expired"), gettext("Please start again"))
+            body = await render_template("login.html", form=form,
+                                         error=gettext("Please type your codename."))
+            return Response(body, status=400)
+        try:
+            login = await core().sources.login(form.codename.data)
+        except Throttled as exc:
+            body = await render_template(
+                "login.html", form=bind(LoginForm),
+                error=gettext("Too many wrong codenames were tried on this site recently. Please wait %(s)s seconds and try again.", s=exc.retry_after))
+            return Response(body, status=429, headers={"Retry-After": str(exc.retry_after)})
+        except UnknownCodename:
+            body = await render_template(
+                "login.html", form=bind(LoginForm),
+                error=gettext("That codename is not known here. Check every word and try again."))
+            return Response(body, status=403)
+        session.clear()
+        session.regenerate()  # type: ignore[attr-defined]
+        session[LOGIN] = login
+        return redirect(url_for("case_page"), 303)
+
+    @app.get("/case")
+    async def case_page() -> Response:
+        login = current_login()
+        if login is None:
+            return redirect(url_for("login"), 303)
+        case = await core().cases.case_of_source(login.source_id)
+        if case is None:
+            return redirect(url_for("submit_page"), 303)
+        return await tip_form_page(bind(FollowUpForm), case=case)
+
+    @app.post("/replies/<int:reply_id>/delete")
+    async def delete_reply(reply_id: int) -> Response:
+        login = current_login()
+        form = bind(ActionForm, await request.form)
+        if login is None or not form.validate():
+            return await error_page(400, rejection_message("expired"), gettext("Please start again"))
+        try:
+            await core().cases.delete_reply(login.source_id, reply_id)
+        except NotFound:
+            return await error_page(404, gettext("That reply does not exist or was already deleted."))
+        session[FLASH] = "deleted"
+        return redirect(url_for("case_page"), 303)
+
+    @app.post("/logout")
+    async def logout() -> Response | str:
+        form = bind(ActionForm, await request.form)
+        if not form.validate():
+            return await error_page(400, rejection_message("expired"), gettext("Please start again"))
+        session.clear()
+        return await render_template("logged_out.html")
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        messages = {
+            404: gettext("There is no such page."),
+            405: gettext("This page cannot be used that way."),
+            413: rejection_message("too_large"),
+        }
+        return await error_page(status, messages.get(status, gettext("The request could not be handled.")))
+
+    @app.errorhandler(Exception)
+    async def crash(exc: Exception) -> Response:
+        # Logged without the request: no address, no agent, no form content.
+        current_app.logger.error("unhandled %s in %s", type(exc).__name__, request.endpoint)
+        return await error_page(500, gettext("Something went wrong on our side. Nothing you sent was kept unless you were told it was received."))
+
+
+
+def answers(form: TipForm | FollowUpForm, unit: UnitView, text: str, *, follow_up: bool) -> dict[str, Any]:
+    """The structured message officers read, as plain JSON inside the encryption."""
+    out: dict[str, Any] = {
+        "follow_up": follow_up,
+        "unit": unit.slug,
+        "text": text,
+        "language": g.locale,
+    }
+    if isinstance(form, TipForm):
+        when: dt.datetime | None = form.when.data
+        out.update(
+            kind=form.kind.data,
+            category=form.category.data or None,
+            place=(form.place.data or "").strip() or None,
+            police_station_area=form.area.data or None,
+            when=when.strftime("%Y-%m-%dT%H:%M") if when else None,
+        )
+    return out
