@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,6 +33,16 @@ class PendingObject:
         return os.fstat(self.fd).st_size
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -47,8 +58,15 @@ class Store:
         self.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
 
+    def _own_tmp(self) -> Path:
+        # One temp folder per process: at start-up, folders of dead processes are leftovers of
+        # a crash and can go at once, while a live process's uploads are left alone.
+        path = self.tmp / str(os.getpid())
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
     def new_object(self) -> PendingObject:
-        path = self.tmp / f"{secrets.token_hex(16)}.part"
+        path = self._own_tmp() / f"{secrets.token_hex(16)}.part"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         return PendingObject(fd=fd, path=path)
 
@@ -113,17 +131,22 @@ class Store:
                 yield f"{case_dir.name}/{obj.name}"
 
     def sweep(self, referenced: set[str], *, older_than: float = 3600.0) -> int:
-        """Remove temp files and objects no row refers to; return how many were removed.
+        """Remove what crashed uploads left and objects no row refers to; return the count.
 
-        Only files older than ``older_than`` seconds: another process (the gateway, a second
-        worker) may be between writing an object and committing its row.
+        Temp folders of processes that no longer run go at once. Unreferenced objects go only
+        when older than ``older_than`` seconds: another process (the gateway, a second worker)
+        may be between moving an object into place and committing its row.
         """
         cutoff = time.time() - older_than
         removed = 0
-        for part in list(self.tmp.iterdir()):
-            if part.stat().st_mtime < cutoff:
-                part.unlink(missing_ok=True)
-                removed += 1
+        for folder in list(self.tmp.iterdir()):
+            if folder.name.isdigit() and _alive(int(folder.name)):
+                continue
+            removed += sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 1
+            if folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                folder.unlink(missing_ok=True)
         for name in list(self.object_names()):
             path = self.root / name
             if name not in referenced and path.stat().st_mtime < cutoff:

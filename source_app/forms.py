@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wtforms import Form, SelectField, StringField, TextAreaField
+from wtforms import Form, SelectChoice, SelectField, StringField, TextAreaField
 from wtforms.csrf.session import SessionCSRF
 from wtforms.fields import DateTimeLocalField
 from wtforms.validators import DataRequired, Length, Optional
@@ -58,8 +58,8 @@ class FollowUpForm(CSRFForm):
 
 class TipForm(FollowUpForm):
     unit = SelectField(validators=[DataRequired()], choices=[], validate_choice=True)
-    kind = SelectField(choices=[(k, k) for k in KINDS], validators=[DataRequired()])
-    category = SelectField(choices=[("", "")] + [(c, c) for c in CATEGORIES],
+    kind = SelectField(choices=[SelectChoice(k) for k in KINDS], validators=[DataRequired()])
+    category = SelectField(choices=[SelectChoice(c) for c in ("", *CATEGORIES)],
                            validators=[Optional()], validate_choice=True)
     place = StringField(validators=[Optional(), Length(max=500)])
     area = SelectField(choices=[], validators=[Optional()], validate_choice=True)

@@ -8,6 +8,7 @@ from typing import Any
 from quart import Quart, Response, current_app, g, redirect, render_template, request, session, url_for
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
+from wtforms import SelectChoice
 
 from cpcp.cases import CaseView, UnitView
 from cpcp.codenames import Codename, generate_codename
@@ -143,8 +144,10 @@ async def case_context(case: CaseView) -> dict[str, Any]:
 
 
 def fill_choices(form: TipForm, units: list[UnitView]) -> None:
-    form.unit.choices = [(u.slug, u.slug) for u in units]
-    form.area.choices = [("", "")] + [(u.slug, u.slug) for u in units if u.kind.value == "police_station"]
+    form.unit.choices = [SelectChoice(u.slug) for u in units]
+    form.area.choices = [SelectChoice("")] + [
+        SelectChoice(u.slug) for u in units if u.kind.value == "police_station"
+    ]
 
 
 def install(app: Quart) -> None:  # noqa: C901 - one place for the whole URL table

@@ -1,0 +1,46 @@
+"""Small helpers the app and end-to-end tests share: reading pages, building uploads."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Sequence
+
+CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"|value="([^"]+)"[^>]*name="csrf_token"')
+CODENAME_RE = re.compile(r'<p class="codename"[^>]*>(.*?)</p>', re.S)
+
+
+def csrf(html: str) -> str:
+    match = re.search(r'<input[^>]*name="csrf_token"[^>]*>', html)
+    assert match, "page has no CSRF token"
+    value = re.search(r'value="([^"]+)"', match.group(0))
+    assert value
+    return value.group(1)
+
+
+def codename_of(html: str) -> str:
+    match = CODENAME_RE.search(html)
+    assert match, "page shows no codename"
+    return " ".join(re.findall(r"<span>([a-z-]+)</span>", match.group(1)))
+
+
+Part = tuple[str, str] | tuple[str, str, bytes, str]
+
+
+def multipart(parts: Sequence[Part]) -> tuple[bytes, str]:
+    """Encode fields and files in the given order, as a browser would."""
+    boundary = "----cpcpTest" + secrets.token_hex(8)
+    out = bytearray()
+    for part in parts:
+        out += f"--{boundary}\r\n".encode()
+        if len(part) == 2:
+            name, value = part
+            out += f'Content-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+            out += value.encode("utf-8") + b"\r\n"
+        else:
+            name, filename, data, ctype = part
+            out += f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'.encode()
+            out += f"Content-Type: {ctype}\r\n\r\n".encode()
+            out += data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
