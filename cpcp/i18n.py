@@ -25,7 +25,7 @@ def load_translations(catalog_dir: Path, domain: str = "messages") -> Mapping[st
         po_path = catalog_dir / locale / "LC_MESSAGES" / f"{domain}.po"
         try:
             with po_path.open("rb") as fh:
-                catalog = read_po(fh, locale=locale, domain=domain)
+                catalog = read_po(fh, locale=locale, domain=domain, abort_invalid=True)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"translation catalogue {po_path}: {exc}") from exc
         buf = io.BytesIO()

@@ -1,0 +1,295 @@
+"""The whole source journey through a real Hypercorn on loopback, with real gpg and a real
+database, and the invariants checked on disk afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from cpcp.models import Case, CaseStatus, Document, Source, Submission
+from cpcp.services import build_core
+
+from .conftest import FPR, ROOT, Deployment, gpg_decrypt, gpg_encrypt
+from .helpers import codename_of, csrf, multipart
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    output: Path
+    tmpdir: Path
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=15)
+
+    def gpg_children(self) -> list[int]:
+        found = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                except OSError:
+                    continue
+                if stat.split(") ")[1].split()[1] == str(self.proc.pid) and "(gpg)" in stat:
+                    found.append(int(pid))
+        return found
+
+
+def start_server(deployment: Deployment, port: int | None = None) -> Server:
+    port = port or free_port()
+    tmpdir = deployment.root / "server-tmp"
+    tmpdir.mkdir(exist_ok=True)
+    output = deployment.root / f"server-{port}-{secrets.token_hex(2)}.out"
+    env = {**os.environ, "CPCP_SOURCE__PORT": str(port), "TMPDIR": str(tmpdir)}
+    with output.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "source_app.serve", "--config", str(deployment.config)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {output.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        raise AssertionError("server did not start")
+    return Server(f"http://127.0.0.1:{port}", port, proc, output, tmpdir)
+
+
+@pytest.fixture
+def server(deployment: Deployment) -> Iterator[Server]:
+    srv = start_server(deployment)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, follow_redirects=False, timeout=30,
+                                 headers={"User-Agent": AGENT}) as c:
+        yield c
+
+
+AGENT = f"CanaryAgent/{secrets.token_hex(8)}"
+
+
+async def begin(client: httpx.AsyncClient) -> str:
+    page = (await client.get("/generate")).text
+    codename = codename_of(page)
+    r = await client.post("/create", data={"csrf_token": csrf(page)})
+    assert r.status_code == 303 and r.headers["location"] == "/submit"
+    return codename
+
+
+async def send(client: httpx.AsyncClient, parts: list[object], page: str = "/submit") -> httpx.Response:
+    token = csrf((await client.get(page)).text)
+    body, ctype = multipart([("csrf_token", token), *parts])  # type: ignore[list-item]
+    return await client.post("/submit", content=body, headers={"Content-Type": ctype})
+
+
+def files_containing(roots: list[Path], needles: list[bytes]) -> list[str]:
+    hits = []
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_socket():
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                hits += [f"{path}: {n[:20]!r}" for n in needles if n in data]
+    return hits
+
+
+async def test_whole_journey_and_nothing_readable_left_behind(
+    deployment: Deployment, server: Server, client: httpx.AsyncClient, officer_gnupg: Path
+) -> None:
+    canary = f"CANARY-{secrets.token_hex(12)}"
+    file_canary = secrets.token_bytes(16).hex().encode()
+    attachment = b"%PDF-1.4 " + file_canary * 2000 + b" trailing bytes"
+    # A first-time source, in Hindi (the deployment's default language).
+    home = await client.get("/")
+    assert home.status_code == 200 and 'lang="hi"' in home.text and "112" in home.text
+    codename = await begin(client)
+    r = await send(client, [
+        ("unit", "ps-sadar-bazar"), ("kind", "information"), ("category", "illegal_trade"),
+        ("place", "पुराना बाजार"), ("text", f"अवैध शराब की बिक्री {canary}"),
+        ("files", "सबूत.pdf", attachment, "application/pdf"),
+    ])
+    assert r.status_code == 303 and r.headers["location"] == "/case"
+    case_page = await client.get("/case")
+    assert case_page.status_code == 200 and 'class="notice"' in case_page.text
+    await client.post("/logout", data={"csrf_token": csrf(case_page.text)})
+    assert (await client.get("/case")).headers["location"] == "/login"
+
+    # The officer's side, through the core until the gateway exists.
+    core = build_core(deployment.settings)
+    try:
+        async with core.sessions() as db:
+            case = (await db.scalars(select(Case))).one()
+            docs = (await db.scalars(select(Document).order_by(Document.id))).all()
+            source = await db.get(Source, case.source_id)
+            assert source is not None
+        assert case.status is CaseStatus.RECEIVED and case.unit.slug == "ps-sadar-bazar"
+        message = json.loads(gpg_decrypt(officer_gnupg, core.store.read(docs[0].object_name)))
+        assert message["text"] == f"अवैध शराब की बिक्री {canary}"
+        assert message["category"] == "illegal_trade" and message["files"][0]["name"] == "सबूत.pdf"
+        assert gpg_decrypt(officer_gnupg, core.store.read(docs[1].object_name)) == attachment
+        pub = core.source_keys.export_public_key(source.reply_key_fingerprint)
+        subprocess.run(["gpg", "--homedir", str(officer_gnupg), "--batch", "--import"], input=pub.encode(),
+                       check=True, capture_output=True)
+        reply_canary = f"REPLY-{secrets.token_hex(8)}"
+        reply = f"Thank you. We acted on it. {reply_canary}".encode()
+        ciphertext = gpg_encrypt(officer_gnupg, reply, [source.reply_key_fingerprint, FPR["officer-a"]])
+        await core.cases.add_reply(case.id, ciphertext)
+        await core.cases.set_status(case.id, CaseStatus.ACTION_TAKEN)
+    finally:
+        await core.close()
+
+    # The source comes back later, on another device, typing the codename loosely, in English.
+    async with httpx.AsyncClient(base_url=server.url, follow_redirects=False, timeout=30,
+                                 headers={"User-Agent": AGENT}) as later:
+        await later.get("/lang/en?next=/login")
+        page = (await later.get("/login")).text
+        r = await later.post("/login", data={"csrf_token": csrf(page), "codename": codename.upper().replace(" ", "  ")})
+        assert r.status_code == 303 and r.headers["location"] == "/case"
+        case_page = await later.get("/case")
+        assert reply_canary in case_page.text and "Action taken" in case_page.text
+        reply_id = case_page.text.split("/replies/")[1].split("/")[0]
+        r = await later.post(f"/replies/{reply_id}/delete", data={"csrf_token": csrf(case_page.text)})
+        assert r.status_code == 303
+        assert reply_canary not in (await later.get("/case")).text
+
+    server.stop()
+    needles = [canary.encode(), file_canary, codename.encode(), reply_canary.encode(), AGENT.encode()]
+    roots = [deployment.settings.data_dir, server.tmpdir]
+    control = server.tmpdir / "positive-control"
+    control.write_bytes(b"x" + canary.encode())
+    assert len(files_containing([server.tmpdir], needles)) == 1  # the search does find a canary
+    control.unlink()
+    assert files_containing(roots, needles) == []
+    if deployment.settings.database_url.startswith("postgresql"):
+        dump = pg_dump(deployment.settings.database_url)
+        assert b"ps-sadar-bazar" in dump  # the dump is real
+        assert not any(n in dump for n in needles)
+    log = server.output.read_bytes()
+    assert not any(n in log for n in needles)
+    assert b"127.0.0.1:" not in log.replace(f"127.0.0.1:{server.port}".encode(), b"")
+
+
+def pg_dump(database_url: str) -> bytes:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(database_url)
+    return subprocess.run(
+        ["pg_dump", "-h", u.host or "127.0.0.1", "-p", str(u.port), "-U", u.username or "cpcp", u.database or ""],
+        capture_output=True, check=True,
+    ).stdout
+
+
+async def count_rows(deployment: Deployment) -> tuple[int, int]:
+    core = build_core(deployment.settings)
+    try:
+        async with core.sessions() as db:
+            subs = int(await db.scalar(select(func.count()).select_from(Submission)) or 0)
+            docs = int(await db.scalar(select(func.count()).select_from(Document)) or 0)
+            return subs, docs
+    finally:
+        await core.close()
+
+
+async def partial_upload(server: Server, client: httpx.AsyncClient) -> socket.socket:
+    """Start an upload of a large file and stop half-way, keeping the socket open."""
+    page = await client.get("/submit")
+    if page.status_code == 303:  # the source has a case already: the follow-up form
+        page = await client.get("/case")
+    token = csrf(page.text)
+    body, ctype = multipart([("csrf_token", token), ("unit", "ps-sadar-bazar"), ("kind", "information"),
+                             ("text", "half"), ("files", "v.mp4", os.urandom(1_500_000), "video/mp4")])
+    cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    head = (f"POST /submit HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nCookie: {cookie}\r\n\r\n").encode()
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(head + body[: len(body) // 2])
+    return sock
+
+
+async def wait_until(check: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_client_that_disconnects_mid_upload_leaves_nothing(
+    deployment: Deployment, server: Server, client: httpx.AsyncClient
+) -> None:
+    await begin(client)
+    sock = await partial_upload(server, client)
+    store = deployment.settings.store_dir
+    assert await wait_until(lambda: server.gpg_children() != [])  # the file is streaming into gpg
+    sock.close()
+    assert await wait_until(lambda: server.gpg_children() == [] and not [p for p in store.rglob("*") if p.is_file()])
+    assert await count_rows(deployment) == (0, 0)
+    # The server is fine and the source can still send.
+    r = await send(client, [("unit", "ps-sadar-bazar"), ("kind", "information"), ("text", "complete")])
+    assert r.status_code == 303
+    assert await count_rows(deployment) == (1, 1)
+
+
+async def test_killed_server_keeps_acknowledged_tips_and_no_half_tip(
+    deployment: Deployment, server: Server, client: httpx.AsyncClient, officer_gnupg: Path
+) -> None:
+    await begin(client)
+    r = await send(client, [("unit", "cell-cyber"), ("kind", "complaint"), ("text", "acknowledged tip")])
+    assert r.status_code == 303
+    sock = await partial_upload(server, client)
+    assert await wait_until(lambda: server.gpg_children() != [])
+    server.stop(signal.SIGKILL)
+    sock.close()
+    leftovers = [p for p in (deployment.settings.store_dir / ".tmp").rglob("*") if p.is_file()]
+    assert leftovers  # the kill really interrupted an upload
+    restarted = start_server(deployment)
+    try:
+        async with httpx.AsyncClient(base_url=restarted.url) as c:
+            assert (await c.get("/")).status_code == 200
+        assert not [p for p in (deployment.settings.store_dir / ".tmp").rglob("*") if p.is_file()]
+        assert await count_rows(deployment) == (1, 1)
+        core = build_core(deployment.settings)
+        try:
+            async with core.sessions() as db:
+                doc = (await db.scalars(select(Document))).one()
+            assert json.loads(gpg_decrypt(officer_gnupg, core.store.read(doc.object_name)))["text"] == "acknowledged tip"
+        finally:
+            await core.close()
+    finally:
+        restarted.stop()
