@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from .cases import Cases, UnitView
 from .errors import SubmissionRejected
@@ -50,7 +50,7 @@ class Draft:
     received_bytes: int = 0
     _open: _OpenFile | None = None
 
-    async def __aenter__(self) -> Draft:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

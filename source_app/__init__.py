@@ -32,7 +32,7 @@ def create_app(settings: Settings, *, core: CoreServices | None = None) -> Quart
     )
     app.extensions["cpcp_core"] = core
     app.extensions["cpcp_translations"] = load_translations(HERE / "translations")
-    app.session_interface = MemorySessionInterface(
+    app.session_interface = MemorySessionInterface(  # type: ignore[assignment]
         idle_timeout=settings.source.session_idle_timeout,
         secure=settings.source.secure_cookie,
     )

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 
+from hypercorn.typing import ASGIReceiveCallable
 from quart.asgi import ASGIHTTPConnection
 from quart.wrappers import Request
 from quart.wrappers.request import Body
-from hypercorn.typing import ASGIReceiveCallable
 
 HIGH_WATER = 1024 * 1024
 
@@ -40,7 +40,7 @@ class BoundedRequest(Request):
 
 
 class BackpressureHTTPConnection(ASGIHTTPConnection):
-    async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:  # type: ignore[override]
+    async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:
         body = request.body
         while True:
             message = await receive()

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, shutdown.set)
         print(f"CPCP source app: http://{settings.source.host}:{settings.source.port}/", flush=True)
-        await serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        await serve(app, config, shutdown_trigger=shutdown.wait)
 
     try:
         asyncio.run(run())

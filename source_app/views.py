@@ -5,14 +5,32 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from quart import Quart, Response, current_app, g, redirect, render_template, request, session, url_for
+from quart import (
+    Quart,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from quart.typing import ResponseReturnValue
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from wtforms import SelectChoice
 
 from cpcp.cases import CaseView, UnitView
 from cpcp.codenames import Codename, generate_codename
-from cpcp.errors import NotFound, SubmissionRejected, Throttled, UnknownCodename
+from cpcp.errors import (
+    DecryptionFailed,
+    NotFound,
+    StoreError,
+    SubmissionRejected,
+    Throttled,
+    UnknownCodename,
+)
 from cpcp.i18n import pick_locale
 from cpcp.intake import Draft
 from cpcp.models import CaseStatus
@@ -134,7 +152,7 @@ async def case_context(case: CaseView) -> dict[str, Any]:
         try:
             ciphertext = await core().cases.reply_ciphertext(login.source_id, reply.id)
             text = (await core().sources.decrypt_reply(login, ciphertext)).decode("utf-8", "replace")
-        except Exception:  # one unreadable reply must not hide the others
+        except (DecryptionFailed, NotFound, StoreError, OSError):  # one bad reply hides no other
             text = None
         replies.append({"id": reply.id, "sent_at": reply.sent_at, "text": text})
     return {
@@ -150,23 +168,26 @@ def fill_choices(form: TipForm, units: list[UnitView]) -> None:
     ]
 
 
-def install(app: Quart) -> None:  # noqa: C901 - one place for the whole URL table
+def install(app: Quart) -> None:
     @app.before_request
     async def set_locale() -> Response | None:
         g.locale = pick_locale(request.cookies.get(LANG_COOKIE), core().settings.default_locale)
         # Only the submit view reads multipart, and it streams it; anywhere else a multipart
         # body would be spooled to a temp file by the form parser, so it is refused up front.
-        if request.method == "POST" and request.endpoint != "submit":
-            if request.mimetype != "application/x-www-form-urlencoded":
-                return await error_page(415, gettext("This form could not be read. Please try again."))
+        if (
+            request.method == "POST"
+            and request.endpoint != "submit"
+            and request.mimetype != "application/x-www-form-urlencoded"
+        ):
+            return await error_page(415, gettext("This form could not be read. Please try again."))
         return None
 
     @app.get("/")
-    async def index() -> str:
+    async def index() -> ResponseReturnValue:
         return await render_template("index.html", logged_in=current_login() is not None)
 
     @app.get("/lang/<code>")
-    async def set_language(code: str) -> Response:
+    async def set_language(code: str) -> ResponseReturnValue:
         response = redirect(safe_next(request.args.get("next")), 303)
         if code in ("hi", "en"):
             response.set_cookie(LANG_COOKIE, code, max_age=365 * 24 * 3600, httponly=True,
@@ -174,7 +195,7 @@ def install(app: Quart) -> None:  # noqa: C901 - one place for the whole URL tab
         return response
 
     @app.get("/generate")
-    async def generate() -> Response | str:
+    async def generate() -> ResponseReturnValue:
         if current_login() is not None:
             return redirect(url_for("case_page"), 303)
         codename = generate_codename()
@@ -182,7 +203,7 @@ def install(app: Quart) -> None:  # noqa: C901 - one place for the whole URL tab
         return await render_template("generate.html", codename=codename.split(), form=bind(ActionForm))
 
     @app.post("/create")
-    async def create() -> Response:
+    async def create() -> ResponseReturnValue:
         form = bind(ActionForm, await request.form)
         codename = session.get(PENDING_CODENAME)
         if not form.validate() or not codename:
@@ -195,7 +216,7 @@ def install(app: Quart) -> None:  # noqa: C901 - one place for the whole URL tab
         return redirect(url_for("submit_page"), 303)
 
     @app.get("/submit")
-    async def submit_page() -> Response:
+    async def submit_page() -> ResponseReturnValue:
         login = current_login()
         if login is None:
             return redirect(url_for("login"), 303)
@@ -206,7 +227,7 @@ def install(app: Quart) -> None:  # noqa: C901 - one place for the whole URL tab
         return await tip_form_page(form)
 
     @app.post("/submit")
-    async def submit() -> Response:
+    async def submit() -> ResponseReturnValue:
         login = current_login()
         if login is None:
             return await error_page(403, rejection_message("expired"), gettext("Please log in"))
@@ -268,13 +289,13 @@ def install(app: Quart) -> None:  # noqa: C901 - one place for the whole URL tab
         return await tip_form_page(form, status=status, error=rejection_message(reason), case=case)
 
     @app.get("/login")
-    async def login() -> Response | str:
+    async def login() -> ResponseReturnValue:
         if current_login() is not None:
             return redirect(url_for("case_page"), 303)
         return await render_template("login.html", form=bind(LoginForm), error=None)
 
     @app.post("/login")
-    async def login_post() -> Response | str:
+    async def login_post() -> ResponseReturnValue:
         form = bind(LoginForm, await request.form)
         if not form.validate():
             if form.csrf_failed():
@@ -300,7 +321,7 @@ def install(app: Quart) -> None:  # noqa: C901 - one place for the whole URL tab
         return redirect(url_for("case_page"), 303)
 
     @app.get("/case")
-    async def case_page() -> Response:
+    async def case_page() -> ResponseReturnValue:
         login = current_login()
         if login is None:
             return redirect(url_for("login"), 303)
@@ -310,7 +331,7 @@ def install(app: Quart) -> None:  # noqa: C901 - one place for the whole URL tab
         return await tip_form_page(bind(FollowUpForm), case=case)
 
     @app.post("/replies/<int:reply_id>/delete")
-    async def delete_reply(reply_id: int) -> Response:
+    async def delete_reply(reply_id: int) -> ResponseReturnValue:
         login = current_login()
         form = bind(ActionForm, await request.form)
         if login is None or not form.validate():
@@ -323,7 +344,7 @@ def install(app: Quart) -> None:  # noqa: C901 - one place for the whole URL tab
         return redirect(url_for("case_page"), 303)
 
     @app.post("/logout")
-    async def logout() -> Response | str:
+    async def logout() -> ResponseReturnValue:
         form = bind(ActionForm, await request.form)
         if not form.validate():
             return await error_page(400, rejection_message("expired"), gettext("Please start again"))

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Sequence
 
 CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"|value="([^"]+)"[^>]*name="csrf_token"')
-CODENAME_RE = re.compile(r'<p class="codename"[^>]*>(.*?)</p>', re.S)
+CODENAME_RE = re.compile(r'<p class="codename"[^>]*>(.*?)</p>', re.DOTALL)
 
 
 def csrf(html: str) -> str:

@@ -4,7 +4,13 @@ import math
 
 import pytest
 
-from cpcp.codenames import WORDS_PER_CODENAME, derive_keys, generate_codename, normalize_codename, wordlist
+from cpcp.codenames import (
+    WORDS_PER_CODENAME,
+    derive_keys,
+    generate_codename,
+    normalize_codename,
+    wordlist,
+)
 from cpcp.errors import UnknownCodename
 from cpcp.settings import KdfSettings
 

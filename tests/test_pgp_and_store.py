@@ -60,7 +60,7 @@ def test_expired_key_is_refused(ring: Keyring, tmp_path: Path) -> None:
     home.mkdir(mode=0o700)
     past = ["gpg", "--homedir", str(home), "--batch", "--passphrase", "", "--faked-system-time", "20200101T000000"]
     subprocess.run([*past, "--quick-gen-key", "expired <x@test.invalid>", "ed25519", "sign", "1d"], check=True, capture_output=True)
-    listing = subprocess.run(["gpg", "--homedir", str(home), "--with-colons", "--list-keys"], capture_output=True, text=True).stdout
+    listing = subprocess.run(["gpg", "--homedir", str(home), "--with-colons", "--list-keys"], capture_output=True, text=True, check=True).stdout
     fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr"))
     subprocess.run([*past, "--quick-add-key", fpr, "cv25519", "encr", "1d"], check=True, capture_output=True)
     key_file = tmp_path / "expired.asc"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ from quart import Quart
 from quart.testing import QuartClient
 from sqlalchemy import func, select
 
+from cpcp.errors import DecryptionFailed
 from cpcp.models import Case, CaseStatus, Document, Reply, Source, Submission
 from cpcp.services import CoreServices
 
@@ -133,7 +137,7 @@ def _recipients(home: Path, path: Path) -> str:
     import subprocess
 
     out = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--list-packets", str(path)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     return out.stdout + out.stderr
 
 
@@ -214,7 +218,9 @@ async def test_login_forgives_typing_and_wrong_codenames_cost_time(app: Quart, c
     await post_tip(client, [("unit", "ps-sadar-bazar"), ("kind", "complaint"), ("text", "x")])
     other = app.test_client()
     page = await (await other.get("/login")).get_data(as_text=True)
+    started = time.monotonic()
     wrong = await other.post("/login", form={"csrf_token": csrf(page), "codename": "abacus " * 7})
+    assert time.monotonic() - started >= core.settings.source.login_failure_delay  # costs time
     assert wrong.status_code == 403
     assert "not known" in await wrong.get_data(as_text=True) or "नहीं" in await wrong.get_data(as_text=True)
     messy = "  " + codename.upper().replace(" ", "   ") + " "
@@ -224,8 +230,6 @@ async def test_login_forgives_typing_and_wrong_codenames_cost_time(app: Quart, c
 
 
 async def test_site_wide_throttle_after_too_many_wrong_codenames(deployment: Deployment) -> None:
-    import dataclasses
-
     from cpcp.services import build_core
     from source_app import create_app
 
@@ -269,7 +273,7 @@ async def test_replies_and_status_reach_the_source_who_can_delete_them(
     reply_id = await core.cases.add_reply(case.id, ciphertext)
     await core.cases.set_status(case.id, CaseStatus.ACTION_TAKEN)
     # Without the codename the server cannot read the reply: gpg needs the source's passphrase.
-    with pytest.raises(Exception):
+    with pytest.raises(DecryptionFailed):
         core.source_keys.decrypt_bytes(ciphertext, passphrase="wrong")
     html = await (await client.get("/case")).get_data(as_text=True)
     assert reply_text in html and "कार्रवाई की गई" in html
@@ -292,3 +296,22 @@ async def test_follow_up_goes_to_the_same_case(app: Quart, core: CoreServices, o
     assert response.status_code == 303
     c = await counts(core)
     assert c["cases"] == 1 and c["submissions"] == 2 and c["documents"] == 3
+
+
+async def test_idle_session_ends(deployment: Deployment) -> None:
+    from cpcp.services import build_core
+    from source_app import create_app
+
+    settings = dataclasses.replace(
+        deployment.settings, source=dataclasses.replace(deployment.settings.source, session_idle_timeout=1)
+    )
+    core = build_core(settings)
+    app = create_app(settings, core=core)
+    async with app.test_app():
+        client = app.test_client()
+        await new_source(client)
+        assert (await client.get("/submit")).status_code == 200
+        await asyncio.sleep(1.3)
+        response = await client.get("/submit")
+        assert response.status_code == 303 and response.headers["Location"].endswith("/login")
+    await core.close()
