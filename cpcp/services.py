@@ -33,6 +33,7 @@ class CoreServices:
     cases: Cases
     sources: SourceAccounts
     intake: Intake
+    started: bool = False
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -96,7 +97,10 @@ async def check_keys(core: CoreServices) -> None:
 
 
 async def start_core(core: CoreServices) -> None:
-    """Start-up: keys must be usable; leftovers of interrupted uploads are swept."""
+    """Start-up: keys must be usable; leftovers of interrupted uploads are swept. Once."""
+    if core.started:
+        return
     await check_keys(core)
     referenced = await core.cases.referenced_objects()
     await asyncio.to_thread(core.store.sweep, referenced)
+    core.started = True

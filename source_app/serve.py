@@ -17,6 +17,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from cpcp.errors import CPCPError
+from cpcp.services import build_core, start_core
 from cpcp.settings import Settings, load_settings
 
 from . import create_app
@@ -43,6 +44,8 @@ def setup_logging(settings: Settings) -> None:
     ]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
+    # python-gnupg logs gpg's exit codes and, at debug level, its command lines: keep it quiet.
+    logging.getLogger("gnupg").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         setup_logging(settings)
-        app = create_app(settings)
+        core = build_core(settings)
+        app = create_app(settings, core=core)
     except CPCPError as exc:
         print(f"cpcp-source: {exc}", file=sys.stderr)
         return 2
@@ -63,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, shutdown.set)
+        # Checked here, in the serving loop, so a bad key is one clear line, not a traceback.
+        await start_core(core)
         print(f"CPCP source app: http://{settings.source.host}:{settings.source.port}/", flush=True)
         await serve(app, config, shutdown_trigger=shutdown.wait)
 

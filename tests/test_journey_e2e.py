@@ -293,3 +293,15 @@ async def test_killed_server_keeps_acknowledged_tips_and_no_half_tip(
             await core.close()
     finally:
         restarted.stop()
+
+
+def test_server_refuses_to_start_without_a_usable_oversight_key(deployment: Deployment) -> None:
+    config = deployment.config.read_text().replace(FPR["oversight"], "F" * 40)
+    deployment.config.write_text(config)
+    done = subprocess.run(
+        [sys.executable, "-m", "source_app.serve", "--config", str(deployment.config)],
+        cwd=ROOT, env={**os.environ, "CPCP_SOURCE__PORT": str(free_port())},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 2
+    assert f"oversight key: no public key with pinned fingerprint {'F' * 40}" in done.stderr
