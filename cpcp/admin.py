@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+import segno
 
 from .deployment import apply_deployment, load_deployment
 from .errors import CPCPError
 from .migrate import upgrade
 from .server_secrets import create_server_secrets
-from .services import build_core, check_keys
+from .models import Event
+from .officers import provisioning_uri, suggest_passphrase
+from .services import CoreServices, build_core, check_keys
 from .settings import Settings, load_settings
 
 
@@ -45,6 +51,59 @@ async def deploy(settings: Settings) -> None:
         await core.close()
 
 
+async def _with_core(settings: Settings, work: Any) -> Any:
+    core = build_core(settings)
+    try:
+        return await work(core)
+    finally:
+        await core.close()
+
+
+def enrol_officer(settings: Settings, handle: str, *, admin: bool) -> None:
+    """Set a passphrase and TOTP for an officer and show the QR code to scan, once."""
+    passphrase = suggest_passphrase()
+    secret = asyncio.run(_with_core(
+        settings, lambda core: core.officer_auth.enrol(handle, passphrase, admin=admin)))
+    uri = provisioning_uri(secret, handle)
+    print(f"Officer {handle} enrolled{' as admin' if admin else ''}. Give them, in person:")
+    print(f"  passphrase: {passphrase}")
+    print("  TOTP: scan this QR code with an authenticator app (or enter the secret by hand):")
+    segno.make(uri, error="m").terminal(compact=True)
+    print(f"  secret: {secret}")
+
+
+def verify_audit(settings: Settings, expect_head: str | None) -> int:
+    check = asyncio.run(_with_core(settings, lambda core: core.audit.verify()))
+    if not check.ok:
+        print(f"AUDIT LOG BROKEN at entry {check.first_bad_id}: {check.problem}")
+        return 1
+    if expect_head and expect_head != check.head:
+        print(f"AUDIT LOG BROKEN: head is {check.head}, expected {expect_head} (newest entries removed?)")
+        return 1
+    print(f"audit log intact: {check.entries} entries, head {check.head}")
+    return 0
+
+
+async def _add_event(core: CoreServices, args: argparse.Namespace) -> int:
+    async with core.sessions.begin() as db:
+        event = Event(title_en=args.title_en, title_hi=args.title_hi, place=args.place,
+                      starts_on=args.starts, ends_on=args.ends, open=True)
+        db.add(event)
+        await db.flush()
+        await core.audit.record(db, officer_id=None, action="event_added", event=event.id)
+        return event.id
+
+
+async def _close_event(core: CoreServices, event_id: int) -> bool:
+    async with core.sessions.begin() as db:
+        event = await db.get(Event, event_id)
+        if event is None:
+            return False
+        event.open = False
+        await core.audit.record(db, officer_id=None, action="event_closed", event=event.id)
+        return True
+
+
 async def _check(settings: Settings) -> None:
     core = build_core(settings)
     try:
@@ -62,6 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="check that every unit's keys are usable")
     demo = sub.add_parser("demo", help="make a complete demo deployment with throwaway keys")
     demo.add_argument("folder", type=Path)
+    enrol = sub.add_parser("officer-enrol", help="give an officer a passphrase and TOTP (shows a QR code)")
+    enrol.add_argument("handle")
+    enrol.add_argument("--admin", action="store_true", help="make the officer an admin")
+    verify = sub.add_parser("audit-verify", help="check the audit log's hash chain")
+    verify.add_argument("--expect-head", help="the head hash recorded at the last check")
+    event = sub.add_parser("event-add", help="offer an event for feedback on the source side")
+    event.add_argument("--title-en", required=True)
+    event.add_argument("--title-hi", required=True)
+    event.add_argument("--place", default="")
+    event.add_argument("--starts", required=True, type=dt.date.fromisoformat, help="YYYY-MM-DD")
+    event.add_argument("--ends", required=True, type=dt.date.fromisoformat, help="YYYY-MM-DD")
+    close = sub.add_parser("event-close", help="stop offering an event for feedback")
+    close.add_argument("event_id", type=int)
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -80,6 +152,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "check":
             asyncio.run(_check(settings))
             print("ok: every active unit's keys and the oversight key are usable")
+        elif args.command == "officer-enrol":
+            enrol_officer(settings, args.handle, admin=args.admin)
+        elif args.command == "audit-verify":
+            return verify_audit(settings, args.expect_head)
+        elif args.command == "event-add":
+            if args.ends < args.starts:
+                raise CPCPError("--ends is before --starts")
+            event_id = asyncio.run(_with_core(settings, lambda core: _add_event(core, args)))
+            print(f"event {event_id} added and open for feedback")
+        elif args.command == "event-close":
+            if not asyncio.run(_with_core(settings, lambda core: _close_event(core, args.event_id))):
+                raise CPCPError(f"no event {args.event_id}")
+            print(f"event {args.event_id} closed")
     except CPCPError as exc:
         print(f"cpcp-admin: {exc}", file=sys.stderr)
         return 2

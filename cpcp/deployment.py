@@ -123,16 +123,14 @@ async def apply_deployment(
     keyring: Keyring,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    """Import the oversight and officers' keys (pinned) and upsert officers and units. Units
-    and officers no longer listed are deactivated, not deleted: their cases stay."""
+    """Import the oversight and officers' keys (pinned) and upsert officers and units. Nothing
+    unlisted is touched: a shortened file must not lock officers out or hide cases; retiring
+    an officer or a unit is an explicit admin command."""
     import_pinned_key(keyring, keys_dir / oversight_key_file, oversight_fingerprint, who="oversight key")
     for spec in deployment.officers:
         import_pinned_key(keyring, keys_dir / spec.key_file, spec.fingerprint, who=f"officer {spec.handle}")
     async with sessions.begin() as db:
-        by_handle: dict[str, Officer] = {}
-        for existing in (await db.scalars(select(Officer))).all():
-            existing.active = False
-            by_handle[existing.handle] = existing
+        by_handle = {o.handle: o for o in (await db.scalars(select(Officer))).all()}
         for spec in deployment.officers:
             officer = by_handle.get(spec.handle)
             if officer is None:
@@ -144,8 +142,6 @@ async def apply_deployment(
             officer.active = True
         await db.flush()
         by_slug = {u.slug: u for u in (await db.scalars(select(Unit))).all()}
-        for u in by_slug.values():
-            u.active = False
         for uspec in deployment.units:
             unit = by_slug.get(uspec.slug)
             if unit is None:

@@ -11,8 +11,10 @@ import enum
 import uuid
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     Column,
+    Date,
     DateTime,
     Enum,
     ForeignKey,
@@ -20,7 +22,9 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -76,6 +80,13 @@ class CaseStatus(enum.StrEnum):
     CLOSED = "closed"
 
 
+class CasePriority(enum.StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
 class DocumentRole(enum.StrEnum):
     MESSAGE = "message"  # the structured answers and free text, as JSON
     FILE = "file"
@@ -119,6 +130,14 @@ class Officer(Base):
     units: Mapped[list[Unit]] = relationship(
         secondary=unit_officers, back_populates="officers", lazy="selectin"
     )
+    # Gateway login; an officer without a passphrase hash cannot log in yet.
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    passphrase_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The last accepted TOTP time step: a code is good once (RFC 6238 section 5.2).
+    totp_last_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Source(Base):
@@ -146,6 +165,15 @@ class Case(Base):
     )
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow_minute)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow_minute)
+    assignee_id: Mapped[int | None] = mapped_column(
+        ForeignKey("officers.id", ondelete="SET NULL"), nullable=True
+    )
+    priority: Mapped[CasePriority] = mapped_column(
+        Enum(CasePriority, native_enum=False, length=20, create_constraint=True,
+             values_callable=lambda e: [m.value for m in e], name="case_priority"),
+        default=CasePriority.NORMAL, server_default=CasePriority.NORMAL.value,
+    )
+    labels: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     unit: Mapped[Unit] = relationship(lazy="joined")
     submissions: Mapped[list[Submission]] = relationship(
         back_populates="case", order_by="Submission.id", lazy="selectin"
@@ -197,3 +225,40 @@ class Reply(Base):
     # The source deleted it: the ciphertext is gone, the row tells officers it was read and removed.
     deleted_by_source: Mapped[bool] = mapped_column(Boolean, default=False)
     case: Mapped[Case] = relationship(back_populates="replies")
+
+
+class ApiToken(Base):
+    """A desk's short-lived bearer token; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    officer_id: Mapped[int] = mapped_column(ForeignKey("officers.id", ondelete="CASCADE"), index=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class Event(Base):
+    """A festival, gathering or procession the source side offers for feedback."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    title_en: Mapped[str] = mapped_column(String(200))
+    title_hi: Mapped[str] = mapped_column(String(200))
+    place: Mapped[str] = mapped_column(String(200), default="")
+    starts_on: Mapped[dt.date] = mapped_column(Date)
+    ends_on: Mapped[dt.date] = mapped_column(Date)
+    open: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class AuditEntry(Base):
+    """One officer action. Each entry's hash covers the previous entry's hash, so deleting or
+    altering any entry breaks the chain from there on (``cpcp-admin audit-verify``)."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    officer_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON
+    # Unique: two entries can never claim the same predecessor, so the chain cannot fork.
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    entry_hash: Mapped[str] = mapped_column(String(64), unique=True)

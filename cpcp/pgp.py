@@ -109,6 +109,27 @@ class Keyring:
             raise KeyProblem(f"{who}: key {fingerprint} has no usable encryption subkey")
         return info
 
+    def encryption_key_ids(self, fingerprint: str) -> set[str]:
+        """Long key ids a message to this key names as recipient (its encryption subkeys)."""
+        ids: set[str] = set()
+        for key in self._gpg.list_keys(keys=[fingerprint]):
+            if key["fingerprint"] != fingerprint:
+                continue
+            if "e" in key.get("cap", ""):
+                ids.add(key["keyid"])
+            for sub in key.get("subkeys", []):
+                if "e" in sub[1]:
+                    ids.add(sub[0])
+        return ids
+
+    def message_recipients(self, data: bytes) -> set[str]:
+        """Key ids an OpenPGP message is encrypted to, read without decrypting; empty when
+        ``data`` is not an encrypted OpenPGP message at all."""
+        if not (data.startswith(b"-----BEGIN PGP MESSAGE-----") or data[:1] in (b"\x84", b"\x85", b"\xc1")):
+            return set()
+        result = self._gpg.get_recipients(data)
+        return {r for r in result if r}
+
     def secret_fingerprints(self) -> set[Fingerprint]:
         return {Fingerprint(k["fingerprint"]) for k in self._gpg.list_keys(secret=True)}
 

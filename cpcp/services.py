@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from .audit import AuditLog
 from .cases import Cases
+from .casework import Casework
 from .db import make_engine, make_sessionmaker
 from .errors import KeyProblem
 from .intake import Intake
 from .models import Officer, Unit
+from .officers import OfficerAuth
 from .pgp import Keyring
 from .server_secrets import ServerSecrets, load_server_secrets
 from .settings import Settings
@@ -33,6 +37,9 @@ class CoreServices:
     cases: Cases
     sources: SourceAccounts
     intake: Intake
+    audit: AuditLog
+    officer_auth: OfficerAuth
+    casework: Casework
     started: bool = False
 
     async def close(self) -> None:
@@ -61,10 +68,18 @@ def build_core(settings: Settings) -> CoreServices:
         store=store, keyring=officer_keys, cases=cases, max_bytes=settings.max_upload_bytes,
         max_files=settings.max_files_per_submission,
     )
+    audit = AuditLog(sessions=sessions)
+    officer_auth = OfficerAuth(
+        sessions=sessions, audit=audit, max_failures=settings.gateway.max_login_failures,
+        lockout=dt.timedelta(seconds=settings.gateway.lockout),
+        token_ttl=dt.timedelta(seconds=settings.gateway.token_ttl),
+    )
+    casework = Casework(sessions=sessions, store=store, source_keys=source_keys,
+                        officer_keys=officer_keys, audit=audit)
     return CoreServices(
         settings=settings, secrets=secrets, engine=engine, sessions=sessions, store=store,
         officer_keys=officer_keys, source_keys=source_keys, cases=cases, sources=sources,
-        intake=intake,
+        intake=intake, audit=audit, officer_auth=officer_auth, casework=casework,
     )
 
 

@@ -56,6 +56,17 @@ class SourceSettings:
 
 
 @dataclass(frozen=True)
+class GatewaySettings:
+    """The officer-facing gateway (behind its own onion with client authorization)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8081
+    token_ttl: int = 8 * 60 * MINUTES
+    max_login_failures: int = 5
+    lockout: int = 15 * MINUTES
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     database_url: str
@@ -69,6 +80,7 @@ class Settings:
     max_text_chars: int = 20_000
     gpg_binary: str = "gpg"
     source: SourceSettings = field(default_factory=SourceSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
     kdf: KdfSettings = field(default_factory=KdfSettings)
 
     @property
@@ -124,14 +136,21 @@ def _build(cls: Any, values: Mapping[str, Any], prefix: str) -> Any:
         if name not in values:
             continue
         raw = values[name]
-        if f.type in ("SourceSettings", "KdfSettings"):
-            sub = SourceSettings if f.type == "SourceSettings" else KdfSettings
+        if f.type in _SECTIONS:
+            sub = _SECTIONS[f.type]
             if not isinstance(raw, Mapping):
                 raise ConfigError(f"setting {prefix}{name!r} must be a table")
             kwargs[name] = _build(sub, raw, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(prefix + name, raw, f.type)
     return cls(**kwargs)
+
+
+_SECTIONS: dict[str, Any] = {
+    "SourceSettings": SourceSettings,
+    "GatewaySettings": GatewaySettings,
+    "KdfSettings": KdfSettings,
+}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:

@@ -186,8 +186,10 @@ def gpg_decrypt(home: Path, ciphertext: bytes) -> bytes:
     return done.stdout
 
 
-def gpg_encrypt(home: Path, plaintext: bytes, recipients: list[str]) -> bytes:
+def gpg_encrypt(home: Path, plaintext: bytes, recipients: list[str], *, armor: bool = False) -> bytes:
     args = ["gpg", "--homedir", str(home), "--batch", "--quiet", "--trust-model", "always", "--encrypt"]
+    if armor:
+        args.append("--armor")
     for r in recipients:
         args += ["--recipient", r]
     return subprocess.run(args, input=plaintext, capture_output=True, check=True).stdout

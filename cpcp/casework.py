@@ -1,0 +1,237 @@
+"""What an officer may do with cases, through the gateway: always scoped to the officer's
+units, always audited. Content stays ciphertext; the server only moves it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .audit import AuditLog
+from .errors import CPCPError, NotFound
+from .models import (
+    Case,
+    CasePriority,
+    CaseStatus,
+    Document,
+    Officer,
+    Reply,
+    Source,
+    Submission,
+    Unit,
+    unit_officers,
+    utcnow_minute,
+)
+from .officers import OfficerIdentity
+from .pgp import Keyring
+from .store import Store
+
+MAX_LABELS = 10
+MAX_LABEL_CHARS = 40
+
+
+class ReplyRejected(CPCPError):
+    """The upload is not an OpenPGP message to the source's key and a unit key."""
+
+
+@dataclass(frozen=True)
+class CaseChanges:
+    status: CaseStatus | None = None
+    priority: CasePriority | None = None
+    labels: list[str] | None = None
+    assignee_id: int | None = None
+    unassign: bool = False
+
+
+def case_summary(case: Case) -> dict[str, Any]:
+    """Metadata only: what DESIGN.md lets the server know in clear."""
+    return {
+        "id": case.id,
+        "public_id": case.public_id,
+        "unit": case.unit.slug,
+        "status": case.status.value,
+        "priority": case.priority.value,
+        "labels": list(case.labels or []),
+        "assignee": case.assignee_id,
+        "received_at": case.received_at.isoformat(),
+        "updated_at": case.updated_at.isoformat(),
+        "submissions": [
+            {
+                "id": s.id,
+                "received_at": s.received_at.isoformat(),
+                "documents": [{"id": d.id, "role": d.role.value, "size": d.size} for d in s.documents],
+            }
+            for s in case.submissions
+        ],
+        "replies": [
+            {"id": r.id, "sent_at": r.sent_at.isoformat(), "size": r.size,
+             "deleted_by_source": r.deleted_by_source}
+            for r in case.replies
+        ],
+    }
+
+
+class Casework:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        store: Store,
+        source_keys: Keyring,
+        officer_keys: Keyring,
+        audit: AuditLog,
+    ) -> None:
+        self._sessions = sessions
+        self._store = store
+        self._source_keys = source_keys
+        self._officer_keys = officer_keys
+        self._audit = audit
+
+    async def _case(self, db: AsyncSession, officer: OfficerIdentity, case_id: int) -> Case:
+        case = await db.get(Case, case_id)
+        # Another unit's case is reported exactly like a missing one.
+        if case is None or case.unit_id not in officer.unit_ids:
+            raise NotFound("no such case")
+        return case
+
+    async def units(self, officer: OfficerIdentity) -> list[dict[str, Any]]:
+        async with self._sessions() as db:
+            units = (await db.scalars(select(Unit).where(Unit.id.in_(officer.unit_ids)).order_by(Unit.id))).all()
+            return [
+                {"slug": u.slug, "kind": u.kind.value, "name_en": u.name_en, "name_hi": u.name_hi,
+                 "officers": [{"id": o.id, "handle": o.handle, "name": o.display_name,
+                               "fingerprint": o.fingerprint} for o in u.officers if o.active]}
+                for u in units
+            ]
+
+    async def officer_public_key(self, officer: OfficerIdentity, fingerprint: str) -> str:
+        async with self._sessions() as db:
+            known = await db.scalar(
+                select(Officer.id).join(Officer.units).where(Officer.fingerprint == fingerprint,
+                                                             Unit.id.in_(officer.unit_ids))
+            )
+        if known is None:
+            raise NotFound("no such officer key")
+        return await asyncio.to_thread(self._officer_keys.export_public_key, fingerprint)
+
+    async def list_cases(self, officer: OfficerIdentity, *, after_id: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        async with self._sessions() as db:
+            cases = (await db.scalars(
+                select(Case).where(Case.unit_id.in_(officer.unit_ids), Case.id > after_id)
+                .order_by(Case.id).limit(limit)
+            )).all()
+            return [case_summary(c) for c in cases]
+
+    async def get_case(self, officer: OfficerIdentity, case_id: int) -> dict[str, Any]:
+        async with self._sessions() as db:
+            return case_summary(await self._case(db, officer, case_id))
+
+    async def document_path(self, officer: OfficerIdentity, document_id: int) -> Path:
+        async with self._sessions.begin() as db:
+            doc = await db.get(Document, document_id)
+            if doc is None:
+                raise NotFound("no such document")
+            submission = await db.get(Submission, doc.submission_id)
+            assert submission is not None
+            case = await self._case(db, officer, submission.case_id)
+            await self._audit.record(db, officer_id=officer.id, action="download_document",
+                                     case=case.id, document=doc.id)
+            return self._store.path(doc.object_name)
+
+    async def reply_path(self, officer: OfficerIdentity, reply_id: int) -> Path:
+        async with self._sessions() as db:
+            reply = await db.get(Reply, reply_id)
+            if reply is None or reply.object_name is None:
+                raise NotFound("no such reply")
+            await self._case(db, officer, reply.case_id)
+            return self._store.path(reply.object_name)
+
+    async def source_key(self, officer: OfficerIdentity, case_id: int) -> tuple[str, str]:
+        """The source's public reply key (fingerprint, armored)."""
+        async with self._sessions() as db:
+            case = await self._case(db, officer, case_id)
+            source = await db.get(Source, case.source_id)
+            assert source is not None
+            fpr = source.reply_key_fingerprint
+        return fpr, await asyncio.to_thread(self._source_keys.export_public_key, fpr)
+
+    async def add_reply(self, officer: OfficerIdentity, case_id: int, ciphertext: bytes) -> int:
+        """Store a reply already encrypted at the desk. It must be an OpenPGP message to the
+        source's key (or the source could not read it) and to a unit officer's key."""
+        async with self._sessions() as db:
+            case = await self._case(db, officer, case_id)
+            source = await db.get(Source, case.source_id)
+            assert source is not None
+            unit_fprs = [o.fingerprint for o in case.unit.officers if o.active]
+        recipients = await asyncio.to_thread(self._source_keys.message_recipients, ciphertext)
+        if not recipients:
+            raise ReplyRejected("not an encrypted OpenPGP message")
+        source_ids = await asyncio.to_thread(self._source_keys.encryption_key_ids, source.reply_key_fingerprint)
+        if not recipients & source_ids:
+            raise ReplyRejected("not encrypted to the source's reply key")
+        unit_ids: set[str] = set()
+        for fpr in unit_fprs:
+            unit_ids |= await asyncio.to_thread(self._officer_keys.encryption_key_ids, fpr)
+        if not recipients & unit_ids:
+            raise ReplyRejected("not encrypted to any of the unit's officers")
+        async with self._sessions.begin() as db:
+            case = await self._case(db, officer, case_id)
+            name = self._store.write_bytes(ciphertext, case_public_id=case.public_id, role="reply")
+            try:
+                reply = Reply(case_id=case.id, object_name=name, size=len(ciphertext))
+                db.add(reply)
+                case.updated_at = utcnow_minute()
+                await db.flush()
+                await self._audit.record(db, officer_id=officer.id, action="reply", case=case.id, reply=reply.id)
+                return reply.id
+            except BaseException:
+                self._store.delete(name)
+                raise
+
+    async def update_case(self, officer: OfficerIdentity, case_id: int, changes: CaseChanges) -> dict[str, Any]:
+        async with self._sessions.begin() as db:
+            case = await self._case(db, officer, case_id)
+            done: dict[str, Any] = {}
+            if changes.status is not None and changes.status != case.status:
+                case.status = changes.status
+                done["status"] = changes.status.value
+            if changes.priority is not None and changes.priority != case.priority:
+                case.priority = changes.priority
+                done["priority"] = changes.priority.value
+            if changes.labels is not None:
+                labels = sorted({lbl.strip() for lbl in changes.labels if lbl.strip()})
+                if len(labels) > MAX_LABELS or any(len(lbl) > MAX_LABEL_CHARS for lbl in labels):
+                    raise CPCPError(f"at most {MAX_LABELS} labels of {MAX_LABEL_CHARS} characters")
+                if labels != list(case.labels or []):
+                    case.labels = labels
+                    done["labels"] = labels
+            if changes.unassign:
+                if case.assignee_id is not None:
+                    case.assignee_id = None
+                    done["assignee"] = None
+            elif changes.assignee_id is not None and changes.assignee_id != case.assignee_id:
+                member = await db.scalar(
+                    select(Officer.id)
+                    .join(unit_officers, unit_officers.c.officer_id == Officer.id)
+                    .where(Officer.id == changes.assignee_id, Officer.active,
+                           unit_officers.c.unit_id == case.unit_id)
+                )
+                if member is None:
+                    raise NotFound("no such officer in this unit")
+                case.assignee_id = member
+                done["assignee"] = member
+            if done:
+                case.updated_at = utcnow_minute()
+                await self._audit.record(db, officer_id=officer.id, action="update_case", case=case.id, **done)
+            await db.flush()
+            return case_summary(case)
+
+    async def record(self, officer: OfficerIdentity, case_id: int, action: str, **details: Any) -> None:
+        """A desk-side action the server could not see (e.g. an export), for the audit log."""
+        async with self._sessions.begin() as db:
+            case = await self._case(db, officer, case_id)
+            await self._audit.record(db, officer_id=officer.id, action=action, case=case.id, **details)

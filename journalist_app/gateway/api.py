@@ -1,0 +1,245 @@
+"""The gateway's JSON API for desks (``/api/v1``). Every route but the token one needs a
+bearer token; every case route is scoped to the officer's units."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from quart import Quart, Response, current_app, g, request, send_file
+from quart_schema import (
+    RequestSchemaValidationError,
+    security_scheme,
+    validate_querystring,
+    validate_request,
+    validate_response,
+)
+from werkzeug.exceptions import HTTPException
+
+from cpcp.casework import CaseChanges, ReplyRejected
+from cpcp.errors import CPCPError, NotFound, StoreError
+from cpcp.models import CasePriority, CaseStatus
+from cpcp.officers import AccountLocked, LoginFailed, OfficerIdentity
+from cpcp.services import CoreServices
+
+from .schemas import (
+    AuditIn,
+    CaseList,
+    CaseOut,
+    CaseQuery,
+    CaseUpdate,
+    ErrorResponse,
+    KeyOut,
+    Me,
+    ReplyCreated,
+    ReplyIn,
+    TokenRequest,
+    TokenResponse,
+    UnitList,
+)
+
+PREFIX = "/api/v1"
+PUBLIC = {"token", "openapi"}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+def core() -> CoreServices:
+    result: CoreServices = current_app.extensions["cpcp_core"]
+    return result
+
+
+def officer() -> OfficerIdentity:
+    who: OfficerIdentity = g.officer
+    return who
+
+
+def error(status: int, message: str, **headers: str) -> Response:
+    response = Response(ErrorResponse(error=message).model_dump_json(), status=status,
+                        content_type="application/json")
+    response.headers.update(headers)
+    return response
+
+
+def install(app: Quart) -> None:  # noqa: C901 - the URL table in one place
+    @app.before_request
+    async def authenticate() -> Response | None:
+        g.officer = None
+        endpoint = (request.endpoint or "").rsplit(".", 1)[-1]
+        if endpoint in PUBLIC or not request.path.startswith(PREFIX):
+            return None
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        identity = await core().officer_auth.authenticate(token.strip()) if scheme.lower() == "bearer" and token else None
+        if identity is None:
+            return error(401, "a valid bearer token is required", **{"WWW-Authenticate": "Bearer"})
+        g.officer = identity
+        return None
+
+    @app.after_request
+    async def headers(response: Response) -> Response:
+        response.headers.update(SECURITY_HEADERS)
+        response.headers.pop("Server", None)
+        return response
+
+    @app.post(f"{PREFIX}/token")
+    @security_scheme([])
+    @validate_request(TokenRequest)
+    @validate_response(TokenResponse, 200)
+    @validate_response(ErrorResponse, 401)
+    @validate_response(ErrorResponse, 423)
+    async def token(data: TokenRequest) -> Any:
+        """Log in with handle, passphrase and a TOTP code; get a short-lived bearer token."""
+        try:
+            identity = await core().officer_auth.login(data.handle, data.passphrase, data.code)
+        except AccountLocked as exc:
+            return ErrorResponse(error=f"account locked until {exc.until.isoformat(timespec='minutes')}"), 423
+        except LoginFailed:
+            return ErrorResponse(error="wrong handle, passphrase or code"), 401
+        value, expires = await core().officer_auth.issue_token(identity)
+        return TokenResponse(token=value, expires_at=expires.isoformat()), 200
+
+    @app.delete(f"{PREFIX}/token")
+    async def logout() -> Any:
+        """Revoke the token used for this request."""
+        await core().officer_auth.revoke_token(request.headers["Authorization"].partition(" ")[2].strip())
+        return "", 204
+
+    @app.get(f"{PREFIX}/me")
+    @validate_response(Me, 200)
+    async def me() -> Any:
+        who = officer()
+        return Me(id=who.id, handle=who.handle, name=who.display_name, is_admin=who.is_admin), 200
+
+    @app.get(f"{PREFIX}/units")
+    @validate_response(UnitList, 200)
+    async def units() -> Any:
+        """The officer's units with their designated officers (for reply recipients)."""
+        return UnitList.model_validate({"units": await core().casework.units(officer())}), 200
+
+    @app.get(f"{PREFIX}/officers/<fingerprint>/key")
+    @validate_response(KeyOut, 200)
+    @validate_response(ErrorResponse, 404)
+    async def officer_key(fingerprint: str) -> Any:
+        """The public key of an officer of one of your units."""
+        try:
+            armored = await core().casework.officer_public_key(officer(), fingerprint)
+        except (NotFound, CPCPError):
+            return ErrorResponse(error="no such officer key"), 404
+        return KeyOut(fingerprint=fingerprint, armored=armored), 200
+
+    @app.get(f"{PREFIX}/cases")
+    @validate_querystring(CaseQuery)
+    @validate_response(CaseList, 200)
+    async def cases(query_args: CaseQuery) -> Any:
+        """Cases of your units, metadata only, by id; page with after_id."""
+        rows = await core().casework.list_cases(officer(), after_id=query_args.after_id, limit=query_args.limit)
+        next_after = rows[-1]["id"] if len(rows) == query_args.limit else None
+        return CaseList.model_validate({"cases": rows, "next_after_id": next_after}), 200
+
+    @app.get(f"{PREFIX}/cases/<int:case_id>")
+    @validate_response(CaseOut, 200)
+    @validate_response(ErrorResponse, 404)
+    async def case(case_id: int) -> Any:
+        try:
+            return CaseOut.model_validate(await core().casework.get_case(officer(), case_id)), 200
+        except NotFound:
+            return ErrorResponse(error="no such case"), 404
+
+    @app.patch(f"{PREFIX}/cases/<int:case_id>")
+    @validate_request(CaseUpdate)
+    @validate_response(CaseOut, 200)
+    @validate_response(ErrorResponse, 404)
+    @validate_response(ErrorResponse, 422)
+    async def update_case(case_id: int, data: CaseUpdate) -> Any:
+        """Change status, priority, labels or assignee; audited."""
+        changes = CaseChanges(
+            status=CaseStatus(data.status) if data.status else None,
+            priority=CasePriority(data.priority) if data.priority else None,
+            labels=data.labels, assignee_id=data.assignee, unassign=data.unassign,
+        )
+        try:
+            return CaseOut.model_validate(await core().casework.update_case(officer(), case_id, changes)), 200
+        except NotFound as exc:
+            return ErrorResponse(error=str(exc)), 404
+        except CPCPError as exc:
+            return ErrorResponse(error=str(exc)), 422
+
+    @app.get(f"{PREFIX}/cases/<int:case_id>/source-key")
+    @validate_response(KeyOut, 200)
+    @validate_response(ErrorResponse, 404)
+    async def source_key(case_id: int) -> Any:
+        """The source's public reply key: encrypt replies to it (and to the unit's keys)."""
+        try:
+            fpr, armored = await core().casework.source_key(officer(), case_id)
+        except NotFound:
+            return ErrorResponse(error="no such case"), 404
+        return KeyOut(fingerprint=fpr, armored=armored), 200
+
+    @app.post(f"{PREFIX}/cases/<int:case_id>/replies")
+    @validate_request(ReplyIn)
+    @validate_response(ReplyCreated, 201)
+    @validate_response(ErrorResponse, 404)
+    @validate_response(ErrorResponse, 422)
+    async def reply(case_id: int, data: ReplyIn) -> Any:
+        """Upload a reply that is already ciphertext; anything else is refused and not stored."""
+        try:
+            reply_id = await core().casework.add_reply(officer(), case_id, data.armored.encode("utf-8"))
+        except NotFound:
+            return ErrorResponse(error="no such case"), 404
+        except ReplyRejected as exc:
+            return ErrorResponse(error=str(exc)), 422
+        return ReplyCreated(id=reply_id), 201
+
+    @app.post(f"{PREFIX}/cases/<int:case_id>/audit")
+    @validate_request(AuditIn)
+    @validate_response(ErrorResponse, 404)
+    async def audit(case_id: int, data: AuditIn) -> Any:
+        """Record a desk-side action (an export) in the audit log."""
+        try:
+            await core().casework.record(officer(), case_id, data.action, **data.details)
+        except NotFound:
+            return ErrorResponse(error="no such case"), 404
+        return "", 204
+
+    @app.get(f"{PREFIX}/documents/<int:document_id>")
+    async def document(document_id: int) -> Any:
+        """A submission's ciphertext (application/pgp-encrypted)."""
+        try:
+            path = await core().casework.document_path(officer(), document_id)
+        except (NotFound, StoreError):
+            return error(404, "no such document")
+        return await _ciphertext(path)
+
+    @app.get(f"{PREFIX}/replies/<int:reply_id>")
+    async def reply_ciphertext(reply_id: int) -> Any:
+        """A reply's ciphertext (application/pgp-encrypted)."""
+        try:
+            path = await core().casework.reply_path(officer(), reply_id)
+        except (NotFound, StoreError):
+            return error(404, "no such reply")
+        return await _ciphertext(path)
+
+    async def _ciphertext(path: Any) -> Response:
+        if not await asyncio.to_thread(path.exists):
+            return error(404, "gone")
+        response = await send_file(path, mimetype="application/pgp-encrypted", conditional=False)
+        return response
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def invalid(exc: RequestSchemaValidationError) -> Response:
+        return error(400, "request does not match the API schema")
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        return error(exc.code or 500, exc.name)
+
+    @app.errorhandler(Exception)
+    async def crash(exc: Exception) -> Response:
+        current_app.logger.error("unhandled %s in %s", type(exc).__name__, request.endpoint,
+                                 exc_info=current_app.debug)
+        return error(500, "internal error")

@@ -1,0 +1,126 @@
+"""Wire shapes of the gateway's JSON API (pydantic, so quart-schema validates and documents
+them as OpenAPI). Metadata only: no field ever carries tip or reply plaintext."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["received", "under_review", "action_taken", "closed"]
+Priority = Literal["low", "normal", "high", "urgent"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenRequest(Strict):
+    handle: str = Field(min_length=1, max_length=64)
+    passphrase: str = Field(min_length=1, max_length=1024)
+    code: str = Field(min_length=1, max_length=12, description="6-digit TOTP code")
+
+
+class TokenResponse(BaseModel):
+    token: str
+    expires_at: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+class OfficerOut(BaseModel):
+    id: int
+    handle: str
+    name: str
+    fingerprint: str
+
+
+class UnitOut(BaseModel):
+    slug: str
+    kind: str
+    name_en: str
+    name_hi: str
+    officers: list[OfficerOut]
+
+
+class UnitList(BaseModel):
+    units: list[UnitOut]
+
+
+class Me(BaseModel):
+    id: int
+    handle: str
+    name: str
+    is_admin: bool
+
+
+class KeyOut(BaseModel):
+    fingerprint: str
+    armored: str
+
+
+class DocumentOut(BaseModel):
+    id: int
+    role: Literal["message", "file"]
+    size: int
+
+
+class SubmissionOut(BaseModel):
+    id: int
+    received_at: str
+    documents: list[DocumentOut]
+
+
+class ReplyOut(BaseModel):
+    id: int
+    sent_at: str
+    size: int
+    deleted_by_source: bool
+
+
+class CaseOut(BaseModel):
+    id: int
+    public_id: str
+    unit: str
+    status: Status
+    priority: Priority
+    labels: list[str]
+    assignee: int | None
+    received_at: str
+    updated_at: str
+    submissions: list[SubmissionOut]
+    replies: list[ReplyOut]
+
+
+class CaseList(BaseModel):
+    cases: list[CaseOut]
+    next_after_id: int | None = Field(description="pass as after_id for the next page; null at the end")
+
+
+class CaseQuery(BaseModel):
+    after_id: int = Field(default=0, ge=0, le=2**31)
+    limit: int = Field(default=500, ge=1, le=1000)
+
+
+class CaseUpdate(Strict):
+    status: Status | None = None
+    priority: Priority | None = None
+    labels: list[str] | None = Field(default=None, max_length=10)
+    assignee: int | None = Field(default=None, ge=1, le=2**31, description="officer id")
+    unassign: bool = False
+
+
+class ReplyIn(Strict):
+    armored: str = Field(min_length=1, max_length=5_000_000,
+                         description="ASCII-armored OpenPGP message to the source's key and a unit key")
+
+
+class ReplyCreated(BaseModel):
+    id: int
+
+
+class AuditIn(Strict):
+    action: Literal["export", "print"]
+    details: dict[str, str] = Field(default_factory=dict, max_length=20)
