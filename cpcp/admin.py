@@ -15,9 +15,9 @@ import segno
 from .deployment import apply_deployment, load_deployment
 from .errors import CPCPError
 from .migrate import upgrade
-from .server_secrets import create_server_secrets
 from .models import Event
 from .officers import provisioning_uri, suggest_passphrase
+from .server_secrets import create_server_secrets
 from .services import CoreServices, build_core, check_keys
 from .settings import Settings, load_settings
 

@@ -5,6 +5,7 @@ Everything here works on metadata and object names; content is ciphertext the co
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass
 
@@ -132,7 +133,10 @@ class Cases:
                 await db.flush()
                 for role, pending in objects:
                     size = pending.size()
-                    name = self._store.commit(pending, case_public_id=case.public_id, role=role.value)
+                    # fsync of a large file must not stall every other request on the loop.
+                    name = await asyncio.to_thread(
+                        self._store.commit, pending, case_public_id=case.public_id, role=role.value
+                    )
                     committed.append(name)
                     db.add(Document(submission_id=submission.id, role=role, object_name=name, size=size))
                 await db.flush()

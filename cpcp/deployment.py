@@ -29,6 +29,7 @@ from .models import Officer, Unit, UnitKind
 from .pgp import Keyring
 
 _FPR = re.compile(r"^[0-9A-F]{40}$")
+_HANDLE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 
@@ -71,6 +72,8 @@ def load_deployment(path: Path) -> Deployment:
             )
         except KeyError as exc:
             raise ConfigError(f"officers[{i}] lacks {exc}") from exc
+        if not _HANDLE.match(spec.handle):
+            raise ConfigError(f"officer {spec.handle!r}: handle must be lower-case letters, digits, . _ -")
         if not _FPR.match(spec.fingerprint):
             raise ConfigError(f"officer {spec.handle}: fingerprint must be 40 hex digits")
         officers.append(spec)

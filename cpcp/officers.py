@@ -88,6 +88,7 @@ class OfficerAuth:
         self._sessions = sessions
         self._audit = audit
         self._hasher = PasswordHasher()  # argon2id, library defaults (RFC 9106 low-memory)
+        self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
         self._max_failures = max_failures
         self._lockout = lockout
         self._token_ttl = token_ttl
@@ -104,7 +105,7 @@ class OfficerAuth:
             return False
         try:
             return self._hasher.verify(stored, given)
-        except (VerificationError, InvalidHashError):
+        except (VerificationError, InvalidHashError, UnicodeEncodeError):
             return False
 
     @staticmethod
@@ -149,7 +150,7 @@ class OfficerAuth:
             officer = await db.scalar(select(Officer).where(Officer.handle == handle, Officer.active))
             if officer is None:
                 # Same work as a real check, so timing does not reveal which handles exist.
-                await asyncio.to_thread(self._passphrase_ok, None, passphrase)
+                await asyncio.to_thread(self._passphrase_ok, self._dummy_hash, passphrase)
                 await self._audit.record(db, officer_id=None, action="login_failed", reason="unknown user")
                 failure = LoginFailed("login failed")
             elif officer.locked_until is not None and officer.locked_until > now:

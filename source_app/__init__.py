@@ -10,6 +10,7 @@ from quart import Quart
 from cpcp.i18n import load_translations
 from cpcp.services import CoreServices, build_core, start_core
 from cpcp.settings import Settings
+from cpcp.webids import IdConverter
 
 from . import views, web
 from .sessions import MemorySessionInterface
@@ -21,6 +22,7 @@ def create_app(settings: Settings, *, core: CoreServices | None = None) -> Quart
     """Build the app. The core's services are built now (fail closed on missing secrets or a
     broken catalogue) and checked before the first request (keys, store sweep)."""
     app = Quart(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
+    app.url_map.converters["id"] = IdConverter
     core = core or build_core(settings)
     app.config.update(
         # The upload limit is enforced while streaming; this only bounds non-upload bodies.

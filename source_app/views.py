@@ -330,7 +330,7 @@ def install(app: Quart) -> None:
             return redirect(url_for("submit_page"), 303)
         return await tip_form_page(bind(FollowUpForm), case=case)
 
-    @app.post("/replies/<int:reply_id>/delete")
+    @app.post("/replies/<id:reply_id>/delete")
     async def delete_reply(reply_id: int) -> ResponseReturnValue:
         login = current_login()
         form = bind(ActionForm, await request.form)

@@ -167,7 +167,7 @@ async def test_status_assignee_priority_labels(gateway: Quart, core: CoreService
         "action_taken", "urgent", ["arms", "procession"], b_id)
     bad = await client.patch(f"/api/v1/cases/{case_id}", headers=auth(token), json={"status": "solved"})
     assert bad.status_code == 400
-    view = await core.cases.case_of_source((await _source_of(core, case_id)))
+    view = await core.cases.case_of_source(await _source_of(core, case_id))
     assert view is not None and view.status.value == "action_taken"  # the source sees it
 
 

@@ -59,15 +59,17 @@ class Server:
         return found
 
 
-def start_server(deployment: Deployment, port: int | None = None) -> Server:
+def start_server(deployment: Deployment, port: int | None = None, *, app: str = "source") -> Server:
+    """Start ``cpcp-source`` (or ``cpcp-gateway`` with app="gateway") as its own process."""
     port = port or free_port()
+    module = {"source": "source_app.serve", "gateway": "journalist_app.gateway.serve"}[app]
     tmpdir = deployment.root / "server-tmp"
     tmpdir.mkdir(exist_ok=True)
     output = deployment.root / f"server-{port}-{secrets.token_hex(2)}.out"
-    env = {**os.environ, "CPCP_SOURCE__PORT": str(port), "TMPDIR": str(tmpdir)}
+    env = {**os.environ, f"CPCP_{app.upper()}__PORT": str(port), "TMPDIR": str(tmpdir)}
     with output.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "source_app.serve", "--config", str(deployment.config)],
+            [sys.executable, "-m", module, "--config", str(deployment.config)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 30

@@ -13,12 +13,14 @@ from quart_schema.openapi import Info
 
 from cpcp.services import CoreServices, build_core, start_core
 from cpcp.settings import Settings
+from cpcp.webids import IdConverter
 
 from . import api
 
 
 def create_app(settings: Settings, *, core: CoreServices | None = None) -> Quart:
     app = Quart(__name__)
+    app.url_map.converters["id"] = IdConverter
     core = core or build_core(settings)
     app.config.update(MAX_CONTENT_LENGTH=8 * 1024 * 1024, PROPAGATE_EXCEPTIONS=False)
     app.extensions["cpcp_core"] = core

@@ -65,7 +65,7 @@ def error(status: int, message: str, **headers: str) -> Response:
     return response
 
 
-def install(app: Quart) -> None:  # noqa: C901 - the URL table in one place
+def install(app: Quart) -> None:
     @app.before_request
     async def authenticate() -> Response | None:
         g.officer = None
@@ -141,7 +141,7 @@ def install(app: Quart) -> None:  # noqa: C901 - the URL table in one place
         next_after = rows[-1]["id"] if len(rows) == query_args.limit else None
         return CaseList.model_validate({"cases": rows, "next_after_id": next_after}), 200
 
-    @app.get(f"{PREFIX}/cases/<int:case_id>")
+    @app.get(f"{PREFIX}/cases/<id:case_id>")
     @validate_response(CaseOut, 200)
     @validate_response(ErrorResponse, 404)
     async def case(case_id: int) -> Any:
@@ -150,7 +150,7 @@ def install(app: Quart) -> None:  # noqa: C901 - the URL table in one place
         except NotFound:
             return ErrorResponse(error="no such case"), 404
 
-    @app.patch(f"{PREFIX}/cases/<int:case_id>")
+    @app.patch(f"{PREFIX}/cases/<id:case_id>")
     @validate_request(CaseUpdate)
     @validate_response(CaseOut, 200)
     @validate_response(ErrorResponse, 404)
@@ -169,7 +169,7 @@ def install(app: Quart) -> None:  # noqa: C901 - the URL table in one place
         except CPCPError as exc:
             return ErrorResponse(error=str(exc)), 422
 
-    @app.get(f"{PREFIX}/cases/<int:case_id>/source-key")
+    @app.get(f"{PREFIX}/cases/<id:case_id>/source-key")
     @validate_response(KeyOut, 200)
     @validate_response(ErrorResponse, 404)
     async def source_key(case_id: int) -> Any:
@@ -180,7 +180,7 @@ def install(app: Quart) -> None:  # noqa: C901 - the URL table in one place
             return ErrorResponse(error="no such case"), 404
         return KeyOut(fingerprint=fpr, armored=armored), 200
 
-    @app.post(f"{PREFIX}/cases/<int:case_id>/replies")
+    @app.post(f"{PREFIX}/cases/<id:case_id>/replies")
     @validate_request(ReplyIn)
     @validate_response(ReplyCreated, 201)
     @validate_response(ErrorResponse, 404)
@@ -195,7 +195,7 @@ def install(app: Quart) -> None:  # noqa: C901 - the URL table in one place
             return ErrorResponse(error=str(exc)), 422
         return ReplyCreated(id=reply_id), 201
 
-    @app.post(f"{PREFIX}/cases/<int:case_id>/audit")
+    @app.post(f"{PREFIX}/cases/<id:case_id>/audit")
     @validate_request(AuditIn)
     @validate_response(ErrorResponse, 404)
     async def audit(case_id: int, data: AuditIn) -> Any:
@@ -206,7 +206,7 @@ def install(app: Quart) -> None:  # noqa: C901 - the URL table in one place
             return ErrorResponse(error="no such case"), 404
         return "", 204
 
-    @app.get(f"{PREFIX}/documents/<int:document_id>")
+    @app.get(f"{PREFIX}/documents/<id:document_id>")
     async def document(document_id: int) -> Any:
         """A submission's ciphertext (application/pgp-encrypted)."""
         try:
@@ -215,7 +215,7 @@ def install(app: Quart) -> None:  # noqa: C901 - the URL table in one place
             return error(404, "no such document")
         return await _ciphertext(path)
 
-    @app.get(f"{PREFIX}/replies/<int:reply_id>")
+    @app.get(f"{PREFIX}/replies/<id:reply_id>")
     async def reply_ciphertext(reply_id: int) -> Any:
         """A reply's ciphertext (application/pgp-encrypted)."""
         try:

@@ -15,8 +15,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+HANDLE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
 class TokenRequest(Strict):
-    handle: str = Field(min_length=1, max_length=64)
+    handle: str = Field(pattern=HANDLE_PATTERN)
     passphrase: str = Field(min_length=1, max_length=1024)
     code: str = Field(min_length=1, max_length=12, description="6-digit TOTP code")
 
@@ -100,7 +103,7 @@ class CaseList(BaseModel):
 
 
 class CaseQuery(BaseModel):
-    after_id: int = Field(default=0, ge=0, le=2**31)
+    after_id: int = Field(default=0, ge=0, le=2**31 - 1)
     limit: int = Field(default=500, ge=1, le=1000)
 
 
@@ -108,7 +111,7 @@ class CaseUpdate(Strict):
     status: Status | None = None
     priority: Priority | None = None
     labels: list[str] | None = Field(default=None, max_length=10)
-    assignee: int | None = Field(default=None, ge=1, le=2**31, description="officer id")
+    assignee: int | None = Field(default=None, ge=1, le=2**31 - 1, description="officer id")
     unassign: bool = False
 
 

@@ -1,0 +1,259 @@
+"""Upload benchmark: one SIZE MiB file through the real source app vs. raw gpg on the same file.
+
+Usage: .venv/bin/python bench/upload.py [--size-mib 256] [--runs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import httpx
+
+MIB = 1024 * 1024
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FormParser(HTMLParser):
+    """The first csrf_token value and the first non-empty option of select#unit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.csrf: str | None = None
+        self.unit: str | None = None
+        self._in_unit = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "input" and a.get("name") == "csrf_token" and self.csrf is None:
+            self.csrf = a.get("value")
+        elif tag == "select":
+            self._in_unit = a.get("id") == "unit"
+        elif tag == "option" and self._in_unit and a.get("value") and self.unit is None:
+            self.unit = a.get("value")
+
+
+def parse(html: str) -> FormParser:
+    (p := FormParser()).feed(html)
+    return p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_payload(path: Path, size_mib: int) -> str:
+    h = hashlib.sha256()
+    with path.open("wb") as f:
+        for _ in range(size_mib):
+            chunk = os.urandom(MIB)
+            h.update(chunk)
+            f.write(chunk)
+    return h.hexdigest()
+
+
+def multipart(fields: list[tuple[str, str]], file: Path, boundary: str) -> tuple[bytes, bytes, int]:
+    """The head (text parts + file part header) and tail of the body, and the total length."""
+    b = boundary.encode()
+    head = b"".join(
+        b"--" + b + b'\r\nContent-Disposition: form-data; name="' + k.encode() + b'"\r\n\r\n'
+        + v.encode() + b"\r\n" for k, v in fields
+    ) + (b"--" + b + b'\r\nContent-Disposition: form-data; name="files"; filename="bench.bin"\r\n'
+         b"Content-Type: application/octet-stream\r\n\r\n")
+    tail = b"\r\n--" + b + b"--\r\n"
+    return head, tail, len(head) + file.stat().st_size + len(tail)
+
+
+def body_stream(head: bytes, file: Path, tail: bytes, started: list[float]) -> Iterator[bytes]:
+    started.append(time.perf_counter())
+    yield head
+    with file.open("rb") as f:
+        while chunk := f.read(MIB):
+            yield chunk
+    yield tail
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class Sampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            self.stop.wait(0.05)
+
+
+def upload_once(base: str, payload: Path, pid: int) -> tuple[str, float, int, int]:
+    """One new source, one tip with the payload: (unit, seconds, RSS before, RSS peak in KiB)."""
+    with httpx.Client(base_url=base, timeout=None, follow_redirects=False) as c:
+        csrf = parse(c.get("/generate").raise_for_status().text).csrf
+        r = c.post("/create", data={"csrf_token": csrf or ""})
+        assert r.status_code == 303 and r.headers["location"].endswith("/submit"), r
+        form = parse(c.get("/submit").raise_for_status().text)
+        assert form.csrf and form.unit, "no csrf_token or unit on /submit"
+        fields = [("csrf_token", form.csrf), ("unit", form.unit), ("kind", "information"),
+                  ("category", "other"), ("text", "bench")]
+        boundary = "----cpcpbench" + secrets.token_hex(8)
+        head, tail, length = multipart(fields, payload, boundary)
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}",
+                   "Content-Length": str(length)}
+        before = rss_kib(pid)
+        sampler = Sampler(pid)
+        sampler.start()
+        started: list[float] = []
+        r = c.post("/submit", content=body_stream(head, payload, tail, started), headers=headers)
+        elapsed = time.perf_counter() - started[0]
+        sampler.stop.set()
+        sampler.join()
+        assert r.status_code == 303 and r.headers["location"].endswith("/case"), (r, r.text[:500])
+        return form.unit, elapsed, before, max(sampler.peak, before)
+
+
+def timed(cmd: list[str], stdin: int | None = None) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdin=stdin, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def recipients(demo: Path, unit_slug: str) -> list[str]:
+    cfg = tomllib.loads((demo / "cpcp.toml").read_text())
+    dep = tomllib.loads((demo / "deployment.toml").read_text())
+    officers = {o["handle"]: o["fingerprint"] for o in dep["officers"]}
+    unit = next(u for u in dep["units"] if u["slug"] == unit_slug)
+    return sorted({cfg["oversight_fingerprint"], *(officers[h] for h in unit["officers"])})
+
+
+def raw_gpg(home: Path, rcpts: list[str], payload: Path, compress: bool = False,
+            piped_to: Path | None = None, stored_to: Path | None = None) -> float:
+    """gpg FILE -> /dev/null; gpg FILE -> a file, fsynced (what storing ciphertext durably
+    costs any server); or, as the app does it, `cat FILE |` gpg -> a file, fsynced."""
+    cmd = ["gpg", "--homedir", str(home), "--batch", "--quiet", "--yes", "--trust-model", "always"]
+    cmd += [] if compress else ["--compress-algo", "none"]
+    cmd += ["--encrypt", *[x for r in rcpts for x in ("-r", r)]]
+    if stored_to is not None:
+        t = time.perf_counter()
+        timed([*cmd, "--output", str(stored_to), str(payload)])
+        with stored_to.open("rb") as f:
+            os.fsync(f.fileno())
+        return time.perf_counter() - t
+    if piped_to is None:
+        return timed([*cmd, "--output", "/dev/null", str(payload)])
+    t = time.perf_counter()
+    with subprocess.Popen(["cat", str(payload)], stdout=subprocess.PIPE) as cat:
+        assert cat.stdout is not None
+        timed([*cmd, "--output", str(piped_to)], stdin=cat.stdout.fileno())
+    with piped_to.open("rb") as f:
+        os.fsync(f.fileno())
+    return time.perf_counter() - t
+
+
+def verify(demo: Path, digest: str) -> bool:
+    objs = [p for p in (demo / "data" / "store").rglob("*.gpg") if ".tmp" not in p.parts]
+    biggest = max(objs, key=lambda p: p.stat().st_size)
+    h = hashlib.sha256()
+    cmd = ["gpg", "--homedir", str(demo / "workstation" / "gnupg"), "--batch", "--decrypt", str(biggest)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as p:
+        assert p.stdout is not None
+        while chunk := p.stdout.read(MIB):
+            h.update(chunk)
+    return p.returncode == 0 and h.hexdigest() == digest
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--runs", type=int, default=1)
+    args = ap.parse_args()
+    size = args.size_mib
+    tmp = Path(tempfile.mkdtemp(prefix="cpcp-bench-"))
+    demo, payload = tmp / "demo", tmp / "payload.bin"
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run([sys.executable, "-m", "cpcp.admin", "demo", str(demo)], check=True,
+                       cwd=ROOT, stdout=subprocess.DEVNULL)
+        digest = make_payload(payload, size)
+        port = free_port()
+        env = {**os.environ, "CPCP_SOURCE__PORT": str(port),
+               "CPCP_MAX_UPLOAD_BYTES": str((size + 64) * MIB)}
+        log = (tmp / "server.log").open("wb")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "source_app.serve", "--config", str(demo / "cpcp.toml")],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):  # up to ~30 s
+            assert server.poll() is None, (tmp / "server.log").read_text()
+            try:
+                httpx.get(base + "/", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise SystemExit((tmp / "server.log").read_text() + "\nthe server did not answer")
+        cat = timed(["cat", str(payload)])
+        runs = [upload_once(base, payload, server.pid) for _ in range(args.runs)]
+        hwm = rss_kib(server.pid, "VmHWM")
+        home = tmp / "gnupg-copy"
+        shutil.copytree(demo / "data" / "gnupg" / "officers", home,
+                        ignore=shutil.ignore_patterns("S.*", "*.lock", ".#*"))
+        rcpts = recipients(demo, runs[0][0])
+        raw = min(raw_gpg(home, rcpts, payload) for _ in range(args.runs))
+        raw_z = raw_gpg(home, rcpts, payload, compress=True)
+        raw_pipe = raw_gpg(home, rcpts, payload, piped_to=tmp / "piped.gpg")
+        raw_stored = min(raw_gpg(home, rcpts, payload, stored_to=tmp / "stored.gpg")
+                         for _ in range(args.runs))
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+        ok = verify(demo, digest)
+
+        print(f"\ncat {size} MiB > /dev/null: {cat:.3f} s  (page cache check)")
+        print(f"raw gpg --compress-algo none: {raw:.2f} s = {size / raw:.0f} MiB/s; "
+              f"gpg default compression (info): {raw_z:.2f} s = {size / raw_z:.0f} MiB/s")
+        print(f"info: cat FILE | gpg > file + fsync (the app's I/O shape): {raw_pipe:.2f} s"
+              f" = {size / raw_pipe:.0f} MiB/s")
+        print(f"raw gpg FILE -> stored file + fsync (the limit for durable ciphertext): {raw_stored:.2f} s"
+              f" = {size / raw_stored:.0f} MiB/s")
+        print(f"{'MiB':>5} {'upload s':>9} {'MiB/s':>7} {'vs gpg>/dev/null':>17} {'vs gpg>file':>12}"
+              f" {'RSS before':>10} {'peak':>7} {'delta':>7}")
+        for _, secs, before, peak in runs:
+            print(f"{size:>5} {secs:>9.2f} {size / secs:>7.0f} {raw / secs:>16.2f}x {raw_stored / secs:>11.2f}x"
+                  f" {before / 1024:>10.1f} {peak / 1024:>7.1f} {(peak - before) / 1024:>7.1f}")
+        print(f"server VmHWM at end: {hwm / 1024:.1f} MiB (target ratio >= 0.80x)")
+        print(f"stored ciphertext decrypts to the original (SHA-256): {'OK' if ok else 'FAIL'}")
+        return 0 if ok else 1
+    finally:
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+        for home in [tmp / "gnupg-copy", demo / "workstation" / "gnupg",
+                     *(demo / "data" / "gnupg").glob("*")]:
+            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                           capture_output=True, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
