@@ -18,6 +18,7 @@ from .models import (
     CaseStatus,
     Document,
     DocumentRole,
+    Event,
     Reply,
     Submission,
     Unit,
@@ -38,6 +39,19 @@ class UnitView:
 
     def name(self, locale: str) -> str:
         return self.name_hi if locale == "hi" else self.name_en
+
+
+@dataclass(frozen=True)
+class EventView:
+    id: int
+    title_en: str
+    title_hi: str
+    place: str
+    starts_on: dt.date
+    ends_on: dt.date
+
+    def title(self, locale: str) -> str:
+        return self.title_hi if locale == "hi" else self.title_en
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,13 @@ class Cases:
         async with self._sessions() as db:
             units = (await db.scalars(select(Unit).where(Unit.active).order_by(Unit.id))).all()
             return [_unit_view(u) for u in units]
+
+    async def open_events(self) -> list[EventView]:
+        """Festivals, gatherings and processions the district asks feedback on."""
+        async with self._sessions() as db:
+            events = (await db.scalars(select(Event).where(Event.open).order_by(Event.starts_on))).all()
+            return [EventView(id=e.id, title_en=e.title_en, title_hi=e.title_hi, place=e.place,
+                              starts_on=e.starts_on, ends_on=e.ends_on) for e in events]
 
     async def unit_by_slug(self, slug: str) -> UnitView:
         async with self._sessions() as db:

@@ -64,3 +64,4 @@ class TipForm(FollowUpForm):
     place = StringField(validators=[Optional(), Length(max=500)])
     area = SelectField(choices=[], validators=[Optional()], validate_choice=True)
     when = DateTimeLocalField(validators=[Optional()], format="%Y-%m-%dT%H:%M")
+    event = SelectField(choices=[], validators=[Optional()], validate_choice=True)

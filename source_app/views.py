@@ -21,7 +21,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from wtforms import SelectChoice
 
-from cpcp.cases import CaseView, UnitView
+from cpcp.cases import CaseView, EventView, UnitView
 from cpcp.codenames import Codename, generate_codename
 from cpcp.errors import (
     DecryptionFailed,
@@ -128,13 +128,14 @@ async def error_page(status: int, message: str, title: str | None = None) -> Res
 async def tip_form_page(form: TipForm | FollowUpForm, *, status: int = 200, error: str | None = None,
                         case: CaseView | None = None) -> Response:
     units = await core().cases.active_units()
+    events = await core().cases.open_events()
     if case is None:
         template = "submit.html"
     else:
         template = "case.html"
     context: dict[str, Any] = {
         "form": form, "error": error, "labels": labels(), "units": units, "kinds": KINDS,
-        "categories": CATEGORIES, "new_codename": session.get(NEW_CODENAME),
+        "categories": CATEGORIES, "new_codename": session.get(NEW_CODENAME), "events": events,
         "max_upload_mib": core().settings.max_upload_bytes // (1024 * 1024),
         "max_files": core().settings.max_files_per_submission,
     }
@@ -161,7 +162,8 @@ async def case_context(case: CaseView) -> dict[str, Any]:
     }
 
 
-def fill_choices(form: TipForm, units: list[UnitView]) -> None:
+def fill_choices(form: TipForm, units: list[UnitView], events: list[EventView]) -> None:
+    form.event.choices = [SelectChoice("")] + [SelectChoice(str(e.id)) for e in events]
     form.unit.choices = [SelectChoice(u.slug) for u in units]
     form.area.choices = [SelectChoice("")] + [
         SelectChoice(u.slug) for u in units if u.kind.value == "police_station"
@@ -223,7 +225,7 @@ def install(app: Quart) -> None:
         if await core().cases.case_of_source(login.source_id) is not None:
             return redirect(url_for("case_page"), 303)
         form = bind(TipForm)
-        fill_choices(form, await core().cases.active_units())
+        fill_choices(form, await core().cases.active_units(), await core().cases.open_events())
         return await tip_form_page(form)
 
     @app.post("/submit")
@@ -238,6 +240,7 @@ def install(app: Quart) -> None:
         if request.mimetype != "multipart/form-data" or "boundary" not in request.mimetype_params:
             return await error_page(400, rejection_message("not_multipart"))
         units = await core().cases.active_units()
+        events = await core().cases.open_events()
         form: TipForm | FollowUpForm | None = None
         chosen: list[UnitView] = []
 
@@ -245,7 +248,7 @@ def install(app: Quart) -> None:
             nonlocal form
             if case is None:
                 form = bind(TipForm, fields)
-                fill_choices(form, units)
+                fill_choices(form, units, events)
             else:
                 form = bind(FollowUpForm, fields)
             if not form.validate():
@@ -265,7 +268,7 @@ def install(app: Quart) -> None:
             text = (form.text.data or "").strip()
             if not text and not draft.files:
                 raise SubmissionRejected("empty")
-            await draft.add_message(answers(form, chosen[0], text, follow_up=case is not None))
+            await draft.add_message(answers(form, chosen[0], text, events, follow_up=case is not None))
             await draft.commit(source_id=login.source_id, unit=chosen[0])
         except FormRejected as rejected:
             if rejected.form.csrf_failed():
@@ -285,7 +288,7 @@ def install(app: Quart) -> None:
     async def rerender(form: CSRFForm, case: CaseView | None, reason: str, status: int) -> Response:
         assert isinstance(form, FollowUpForm)
         if isinstance(form, TipForm):
-            fill_choices(form, await core().cases.active_units())
+            fill_choices(form, await core().cases.active_units(), await core().cases.open_events())
         return await tip_form_page(form, status=status, error=rejection_message(reason), case=case)
 
     @app.get("/login")
@@ -369,7 +372,9 @@ def install(app: Quart) -> None:
 
 
 
-def answers(form: TipForm | FollowUpForm, unit: UnitView, text: str, *, follow_up: bool) -> dict[str, Any]:
+def answers(
+    form: TipForm | FollowUpForm, unit: UnitView, text: str, events: list[EventView], *, follow_up: bool
+) -> dict[str, Any]:
     """The structured message officers read, as plain JSON inside the encryption."""
     out: dict[str, Any] = {
         "follow_up": follow_up,
@@ -386,4 +391,8 @@ def answers(form: TipForm | FollowUpForm, unit: UnitView, text: str, *, follow_u
             police_station_area=form.area.data or None,
             when=when.strftime("%Y-%m-%dT%H:%M") if when else None,
         )
+        event = next((e for e in events if str(e.id) == form.event.data), None)
+        if event is not None:
+            out["event"] = {"id": event.id, "title_en": event.title_en, "title_hi": event.title_hi,
+                            "place": event.place, "starts_on": event.starts_on.isoformat()}
     return out

@@ -315,3 +315,27 @@ async def test_idle_session_ends(deployment: Deployment) -> None:
         response = await client.get("/submit")
         assert response.status_code == 303 and response.headers["Location"].endswith("/login")
     await core.close()
+
+
+async def test_event_feedback_names_the_event(app: Quart, core: CoreServices, officer_gnupg: Path) -> None:
+    import datetime as dt
+
+    from cpcp.models import Event
+
+    async with core.sessions.begin() as db:
+        db.add(Event(title_en="Ram Navami procession", title_hi="रामनवमी शोभायात्रा", place="Kotwali",
+                     starts_on=dt.date(2026, 3, 26), ends_on=dt.date(2026, 3, 26), open=True))
+        db.add(Event(title_en="Closed fair", title_hi="बंद मेला", place="", starts_on=dt.date(2025, 1, 1),
+                     ends_on=dt.date(2025, 1, 2), open=False))
+    client = app.test_client()
+    await new_source(client)
+    page = await (await client.get("/submit")).get_data(as_text=True)
+    assert "रामनवमी शोभायात्रा" in page and "बंद मेला" not in page
+    event_id = re.search(r'<option value="(\d+)"[^>]*>रामनवमी', page).group(1)  # type: ignore[union-attr]
+    r = await post_tip(client, [("unit", "control-room"), ("kind", "event_feedback"), ("event", event_id),
+                                ("text", "route blocked near the mosque")])
+    assert r.status_code == 303
+    async with core.sessions() as db:
+        doc = (await db.scalars(select(Document))).one()
+    message = json.loads(gpg_decrypt(officer_gnupg, core.store.read(doc.object_name)))
+    assert message["kind"] == "event_feedback" and message["event"]["title_en"] == "Ram Navami procession"
