@@ -6,6 +6,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .errors import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -24,3 +29,15 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+async def require_current_schema(engine: AsyncEngine, database_url: str) -> None:
+    """Refuse to serve on a database older (or newer) than this code's migrations."""
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    async with engine.connect() as conn:
+        current = await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+    if current != head:
+        raise ConfigError(
+            f"database schema is at {current or 'nothing'}, this code needs {head}: "
+            "run 'cpcp-admin init' (it applies the migrations)"
+        )

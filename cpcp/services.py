@@ -15,6 +15,7 @@ from .casework import Casework
 from .db import make_engine, make_sessionmaker
 from .errors import KeyProblem
 from .intake import Intake
+from .migrate import require_current_schema
 from .models import Officer, Unit
 from .officers import OfficerAuth
 from .pgp import Keyring
@@ -115,6 +116,7 @@ async def start_core(core: CoreServices) -> None:
     """Start-up: keys must be usable; leftovers of interrupted uploads are swept. Once."""
     if core.started:
         return
+    await require_current_schema(core.engine, core.settings.database_url)
     await check_keys(core)
     referenced = await core.cases.referenced_objects()
     await asyncio.to_thread(core.store.sweep, referenced)

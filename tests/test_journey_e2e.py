@@ -307,3 +307,16 @@ def test_server_refuses_to_start_without_a_usable_oversight_key(deployment: Depl
     )
     assert done.returncode == 2
     assert f"oversight key: no public key with pinned fingerprint {'F' * 40}" in done.stderr
+
+
+def test_server_refuses_an_old_schema_with_a_clear_message(deployment: Deployment) -> None:
+    from cpcp.migrate import downgrade
+
+    downgrade(deployment.settings.database_url, "0001")
+    done = subprocess.run(
+        [sys.executable, "-m", "source_app.serve", "--config", str(deployment.config)],
+        cwd=ROOT, env={**os.environ, "CPCP_SOURCE__PORT": str(free_port())},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 2
+    assert "database schema is at 0001" in done.stderr and "cpcp-admin init" in done.stderr
