@@ -339,3 +339,15 @@ async def test_event_feedback_names_the_event(app: Quart, core: CoreServices, of
         doc = (await db.scalars(select(Document))).one()
     message = json.loads(gpg_decrypt(officer_gnupg, core.store.read(doc.object_name)))
     assert message["kind"] == "event_feedback" and message["event"]["title_en"] == "Ram Navami procession"
+
+
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/", "/\\evil.example/",
+                                    "javascript:alert(1)", "/ok\r\nSet-Cookie: x=1"])
+async def test_language_link_never_redirects_off_site(app: Quart, target: str) -> None:
+    response = await app.test_client().get("/lang/en", query_string={"next": target})
+    assert response.status_code == 303 and response.headers["Location"] == "/"
+
+
+async def test_language_link_keeps_the_page(app: Quart) -> None:
+    response = await app.test_client().get("/lang/en", query_string={"next": "/login"})
+    assert response.headers["Location"] == "/login" and "cpcp_lang=en" in response.headers["Set-Cookie"]
