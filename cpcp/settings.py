@@ -154,11 +154,17 @@ _SECTIONS: dict[str, Any] = {
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """``CPCP_<FIELD>`` and ``CPCP_<SECTION>__<FIELD>`` for the server's own settings only:
+    other programs' variables (``CPCP_DESK_*``, ``CPCP_TEST_*``) are not ours to refuse, while a
+    misspelt field inside one of our sections still fails."""
+    ours = {f.name for f in dataclasses.fields(Settings)}
     out: dict[str, Any] = {}
     for key, value in env.items():
-        if not key.startswith("CPCP_") or key.startswith("CPCP_TEST_") or key == "CPCP_CONFIG":
+        if not key.startswith("CPCP_"):
             continue
         parts = key[len("CPCP_"):].lower().split("__")
+        if parts[0] not in ours:
+            continue
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})

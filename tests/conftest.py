@@ -2,7 +2,7 @@
 deployment folder initialised by the real admin code, and the source app.
 
 PostgreSQL tests use ``CPCP_TEST_POSTGRES_URL`` (scripts/test starts a server on loopback);
-without it they are skipped, unless ``CPCP_REQUIRE_POSTGRES=1``, when they fail.
+without it they are skipped, unless ``CPCP_TEST_REQUIRE_POSTGRES=1``, when they fail.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def _postgres_admin_url() -> str | None:
     url = os.environ.get("CPCP_TEST_POSTGRES_URL")
     if not url:
-        if os.environ.get("CPCP_REQUIRE_POSTGRES") == "1":
-            pytest.fail("CPCP_REQUIRE_POSTGRES=1 but CPCP_TEST_POSTGRES_URL is not set")
+        if os.environ.get("CPCP_TEST_REQUIRE_POSTGRES") == "1":
+            pytest.fail("CPCP_TEST_REQUIRE_POSTGRES=1 but CPCP_TEST_POSTGRES_URL is not set")
         pytest.skip("no test PostgreSQL (run scripts/test)")
     return url
 

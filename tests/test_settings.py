@@ -18,7 +18,8 @@ def write(tmp_path: Path, body: str) -> Path:
 
 def test_file_then_environment(tmp_path: Path) -> None:
     cfg = write(tmp_path, f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n[source]\nport = 9000\n')
-    s = load_settings(cfg, env={"CPCP_SOURCE__PORT": "9100", "CPCP_DEFAULT_LOCALE": "en"})
+    s = load_settings(cfg, env={"CPCP_SOURCE__PORT": "9100", "CPCP_DEFAULT_LOCALE": "en",
+                                "CPCP_DESK_GATEWAY_URL": "other program's", "CPCP_TEST_X": "1"})
     assert s.data_dir == tmp_path / "d"
     assert s.source.port == 9100
     assert s.default_locale == "en"
@@ -33,6 +34,7 @@ def test_file_then_environment(tmp_path: Path) -> None:
         ('data_dir = "d"\n', {}, "oversight_fingerprint"),
         (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\nbogus = 1\n', {}, "unknown setting"),
         (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n', {"CPCP_SOURCE__PORT": "x"}, "source.port"),
+        (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n', {"CPCP_SOURCE__PROT": "1"}, "source.prot"),
         (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n', {"CPCP_DEFAULT_LOCALE": "fr"}, "default_locale"),
         ('data_dir = "d"\noversight_fingerprint = "abc"\n', {}, "40-hex"),
         (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\ndatabase_url = "mysql://x"\n', {}, "database_url"),
