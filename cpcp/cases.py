@@ -167,31 +167,6 @@ class Cases:
                 self._store.delete(name)
             raise
 
-    async def add_reply(self, case_id: int, ciphertext: bytes) -> int:
-        """Store a reply that is already ciphertext (encrypted at an officer's desk)."""
-        async with self._sessions.begin() as db:
-            case = await db.get(Case, case_id)
-            if case is None:
-                raise NotFound("no such case")
-            name = self._store.write_bytes(ciphertext, case_public_id=case.public_id, role="reply")
-            try:
-                reply = Reply(case_id=case.id, object_name=name, size=len(ciphertext))
-                db.add(reply)
-                case.updated_at = utcnow_minute()
-                await db.flush()
-                return reply.id
-            except BaseException:
-                self._store.delete(name)
-                raise
-
-    async def set_status(self, case_id: int, status: CaseStatus) -> None:
-        async with self._sessions.begin() as db:
-            case = await db.get(Case, case_id)
-            if case is None:
-                raise NotFound("no such case")
-            case.status = status
-            case.updated_at = utcnow_minute()
-
     async def reply_ciphertext(self, source_id: int, reply_id: int) -> bytes:
         async with self._sessions() as db:
             reply = await self._own_reply(db, source_id, reply_id)

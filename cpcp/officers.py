@@ -187,6 +187,14 @@ class OfficerAuth:
         await self._audit.record(db, officer_id=officer.id, action="login")
         return _identity(officer)
 
+    async def identity(self, handle: str) -> OfficerIdentity:
+        """An active officer's identity without a login: for admin commands and tests."""
+        async with self._sessions() as db:
+            officer = await db.scalar(select(Officer).where(Officer.handle == handle, Officer.active))
+            if officer is None:
+                raise LoginFailed(f"no active officer {handle!r}")
+            return _identity(officer)
+
     async def issue_token(self, officer: OfficerIdentity) -> tuple[str, dt.datetime]:
         token = secrets.token_urlsafe(32)
         expires = _now() + self._token_ttl

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from cpcp.casework import CaseChanges
 from cpcp.models import Case, CaseStatus, Document, Source, Submission
 from cpcp.services import build_core
 
@@ -151,7 +152,7 @@ async def test_whole_journey_and_nothing_readable_left_behind(
     await client.post("/logout", data={"csrf_token": csrf(case_page.text)})
     assert (await client.get("/case")).headers["location"] == "/login"
 
-    # The officer's side, through the core until the gateway exists.
+    # The officer's side, through the core's casework (what the gateway runs for a desk).
     core = build_core(deployment.settings)
     try:
         async with core.sessions() as db:
@@ -170,8 +171,9 @@ async def test_whole_journey_and_nothing_readable_left_behind(
         reply_canary = f"REPLY-{secrets.token_hex(8)}"
         reply = f"Thank you. We acted on it. {reply_canary}".encode()
         ciphertext = gpg_encrypt(officer_gnupg, reply, [source.reply_key_fingerprint, FPR["officer-a"]])
-        await core.cases.add_reply(case.id, ciphertext)
-        await core.cases.set_status(case.id, CaseStatus.ACTION_TAKEN)
+        officer = await core.officer_auth.identity("officer-a")
+        await core.casework.add_reply(officer, case.id, ciphertext)
+        await core.casework.update_case(officer, case.id, CaseChanges(status=CaseStatus.ACTION_TAKEN))
     finally:
         await core.close()
 

@@ -16,6 +16,7 @@ from quart.testing import QuartClient
 from sqlalchemy import func, select
 
 from cpcp.errors import DecryptionFailed
+from cpcp.casework import CaseChanges
 from cpcp.models import Case, CaseStatus, Document, Reply, Source, Submission
 from cpcp.services import CoreServices
 
@@ -270,8 +271,9 @@ async def test_replies_and_status_reach_the_source_who_can_delete_them(
                    check=True, capture_output=True)
     reply_text = "धन्यवाद। कार्रवाई की गई।"
     ciphertext = gpg_encrypt(officer_gnupg, reply_text.encode(), [source.reply_key_fingerprint, FPR["officer-a"]])
-    reply_id = await core.cases.add_reply(case.id, ciphertext)
-    await core.cases.set_status(case.id, CaseStatus.ACTION_TAKEN)
+    officer = await core.officer_auth.identity("officer-a")
+    reply_id = await core.casework.add_reply(officer, case.id, ciphertext)
+    await core.casework.update_case(officer, case.id, CaseChanges(status=CaseStatus.ACTION_TAKEN))
     # Without the codename the server cannot read the reply: gpg needs the source's passphrase.
     with pytest.raises(DecryptionFailed):
         core.source_keys.decrypt_bytes(ciphertext, passphrase="wrong")
