@@ -15,8 +15,8 @@ from quart import Quart
 from quart.testing import QuartClient
 from sqlalchemy import func, select
 
-from cpcp.errors import DecryptionFailed
 from cpcp.casework import CaseChanges
+from cpcp.errors import DecryptionFailed
 from cpcp.models import Case, CaseStatus, Document, Reply, Source, Submission
 from cpcp.services import CoreServices
 

@@ -1,0 +1,203 @@
+"""The desk's local cache: ciphertext exactly as the gateway stores it, and case metadata.
+
+Layout under ``root`` (all 0700/0600)::
+
+    cases/<id>.json     case metadata (what the gateway knows in clear)
+    units.json          the officer's units and their officers' fingerprints
+    docs/<id>.gpg       submission ciphertexts
+    replies/<id>.gpg    reply ciphertexts
+    .partial/           downloads in progress; swept at start
+
+Nothing here is ever plaintext. Sync is incremental (only objects not cached yet are fetched)
+and resumable (a download lands under its final name only when complete, so after an
+interruption the next sync starts at the first missing object).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from ._fs import write_new
+from .client import GatewayClient
+from .errors import NotCached, NotFound
+from .wire import Case, Unit
+
+_UNITS = TypeAdapter(list[Unit])
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    cases: int
+    downloaded: int
+    already_cached: int
+    unavailable: int
+    removed: int
+
+
+class Cache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cases: dict[int, Case] = {}
+        self._units: list[Unit] = []
+        self._docs: set[int] = set()
+        self._replies: set[int] = set()
+        self._lock = asyncio.Lock()
+
+    @property
+    def partial_dir(self) -> Path:
+        return self.root / ".partial"
+
+    def document_path(self, document_id: int) -> Path:
+        return self.root / "docs" / f"{int(document_id)}.gpg"
+
+    def reply_path(self, reply_id: int) -> Path:
+        return self.root / "replies" / f"{int(reply_id)}.gpg"
+
+    async def open(self) -> None:
+        """Create the folders, drop interrupted downloads, load the metadata index."""
+        await asyncio.to_thread(self._open)
+
+    def _open(self) -> None:
+        for sub in ("", "cases", "docs", "replies", ".partial"):
+            folder = self.root / sub
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
+        for leftover in self.partial_dir.iterdir():
+            if leftover.is_file():
+                leftover.unlink()
+        for path in (self.root / "cases").glob("*.json"):
+            try:
+                case = Case.model_validate_json(path.read_bytes())
+            except (OSError, ValidationError):
+                path.unlink(missing_ok=True)  # damaged: the next sync fetches it again
+                continue
+            self._cases[case.id] = case
+        units = self.root / "units.json"
+        if units.exists():
+            try:
+                self._units = _UNITS.validate_json(units.read_bytes())
+            except ValidationError:
+                units.unlink()
+        self._docs = {int(p.stem) for p in (self.root / "docs").glob("*.gpg") if p.stem.isdigit()}
+        self._replies = {int(p.stem) for p in (self.root / "replies").glob("*.gpg") if p.stem.isdigit()}
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def cases(self) -> list[Case]:
+        return [self._cases[k] for k in sorted(self._cases)]
+
+    def case(self, case_id: int) -> Case | None:
+        return self._cases.get(case_id)
+
+    def units(self) -> list[Unit]:
+        return list(self._units)
+
+    def unit(self, slug: str) -> Unit | None:
+        return next((u for u in self._units if u.slug == slug), None)
+
+    async def store_case(self, case: Case) -> None:
+        if self._cases.get(case.id) != case:
+            await asyncio.to_thread(write_new, self.root / "cases" / f"{case.id}.json",
+                                    case.model_dump_json().encode(), replace=True)
+            self._cases[case.id] = case
+
+    async def store_units(self, units: list[Unit]) -> None:
+        await asyncio.to_thread(write_new, self.root / "units.json", _UNITS.dump_json(units), replace=True)
+        self._units = list(units)
+
+    # -- ciphertext --------------------------------------------------------------------------
+
+    def has_document(self, document_id: int) -> bool:
+        return document_id in self._docs
+
+    def has_reply(self, reply_id: int) -> bool:
+        return reply_id in self._replies
+
+    def require_document(self, document_id: int) -> Path:
+        if document_id not in self._docs:
+            raise NotCached(f"document {document_id} is not synced yet")
+        return self.document_path(document_id)
+
+    def require_reply(self, reply_id: int) -> Path:
+        if reply_id not in self._replies:
+            raise NotCached(f"reply {reply_id} is not synced yet")
+        return self.reply_path(reply_id)
+
+    async def fetch_case_objects(self, client: GatewayClient, case: Case) -> tuple[int, int, int]:
+        """Download what of one case is missing; returns (downloaded, cached, unavailable)."""
+        downloaded = cached = unavailable = 0
+        for submission in case.submissions:
+            for doc in submission.documents:
+                if doc.id in self._docs:
+                    cached += 1
+                    continue
+                try:
+                    await client.download_document(doc.id, self.document_path(doc.id),
+                                                   tmp_dir=self.partial_dir, expected_size=doc.size)
+                except NotFound:
+                    unavailable += 1
+                    continue
+                self._docs.add(doc.id)
+                downloaded += 1
+        for reply in case.replies:
+            if reply.id in self._replies:
+                cached += 1
+                continue
+            if reply.deleted_by_source:
+                continue  # deleted on the server; nothing to fetch
+            try:
+                await client.download_reply(reply.id, self.reply_path(reply.id),
+                                            tmp_dir=self.partial_dir, expected_size=reply.size)
+            except NotFound:
+                unavailable += 1
+                continue
+            self._replies.add(reply.id)
+            downloaded += 1
+        return downloaded, cached, unavailable
+
+    async def refresh_case(self, client: GatewayClient, case_id: int) -> Case:
+        """Fetch one case's metadata and its missing objects (after a reply, for instance)."""
+        async with self._lock:
+            case = await client.case(case_id)
+            await self.store_case(case)
+            await self.fetch_case_objects(client, case)
+            return case
+
+    async def sync(self, client: GatewayClient) -> SyncReport:
+        """Bring the cache up to date with the gateway: all cases of the officer's units, then
+        every ciphertext not cached yet. Cases no longer visible are removed with their
+        objects. An error stops the sync; what was complete stays, and the next sync resumes."""
+        async with self._lock:
+            await self.store_units(await client.units())
+            seen: list[Case] = []
+            async for case in client.all_cases():
+                await self.store_case(case)
+                seen.append(case)
+            removed = await self._prune({c.id for c in seen})
+            downloaded = cached = unavailable = 0
+            for case in seen:
+                d, c, u = await self.fetch_case_objects(client, case)
+                downloaded, cached, unavailable = downloaded + d, cached + c, unavailable + u
+            return SyncReport(cases=len(seen), downloaded=downloaded, already_cached=cached,
+                              unavailable=unavailable, removed=removed)
+
+    async def _prune(self, visible: set[int]) -> int:
+        gone = [c for cid, c in self._cases.items() if cid not in visible]
+        for case in gone:
+            docs = [d.id for s in case.submissions for d in s.documents]
+            replies = [r.id for r in case.replies]
+            await asyncio.to_thread(self._remove, case.id, docs, replies)
+            del self._cases[case.id]
+            self._docs.difference_update(docs)
+            self._replies.difference_update(replies)
+        return len(gone)
+
+    def _remove(self, case_id: int, docs: list[int], replies: list[int]) -> None:
+        for path in [*(self.document_path(d) for d in docs), *(self.reply_path(r) for r in replies),
+                     self.root / "cases" / f"{case_id}.json"]:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,55 @@
+# mypy: disallow-subclassing-any=False
+"""WTForms forms of the desk: validation and CSRF (SessionCSRF, keyed by a secret made at
+start-up) for every form that changes something. The inbox filter is a GET form that changes
+nothing and carries no token, so no token ever lands in a URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wtforms import Form, PasswordField, SelectChoice, SelectField, StringField, TextAreaField
+from wtforms.csrf.session import SessionCSRF
+from wtforms.validators import DataRequired, Length, Optional, Regexp
+
+from .wire import PRIORITIES, STATUSES
+
+MAX_REPLY_CHARS = 20_000
+
+
+class CSRFForm(Form):
+    """Base of every desk form: a CSRF token bound to the (in-memory) session."""
+
+    class Meta:
+        csrf = True
+        csrf_class = SessionCSRF
+        csrf_time_limit = None  # the session's idle timeout bounds it
+
+    @classmethod
+    def bound(cls, formdata: Any, *, secret: bytes, session: Any, **kwargs: Any) -> Any:
+        return cls(formdata=formdata, meta={"csrf_secret": secret, "csrf_context": session}, **kwargs)
+
+    def csrf_failed(self) -> bool:
+        return "csrf_token" in self.errors
+
+
+class ActionForm(CSRFForm):
+    """Sync, log out, export: nothing but the token."""
+
+
+class LoginForm(CSRFForm):
+    handle = StringField(validators=[DataRequired(), Length(max=64)])
+    passphrase = PasswordField(validators=[DataRequired(), Length(max=1024)])
+    code = StringField(validators=[DataRequired(), Regexp(r"^\s*\d{6}\s*$", message="six digits")])
+
+
+class ReplyForm(CSRFForm):
+    text = TextAreaField(validators=[DataRequired(), Length(max=MAX_REPLY_CHARS)])
+
+
+class CaseForm(CSRFForm):
+    status = SelectField(choices=[SelectChoice(s, s.replace("_", " ").capitalize()) for s in STATUSES],
+                         validators=[DataRequired()])
+    priority = SelectField(choices=[SelectChoice(p, p.capitalize()) for p in PRIORITIES],
+                           validators=[DataRequired()])
+    assignee = SelectField(choices=[SelectChoice("")], validators=[Optional()], validate_choice=True)
+    labels = StringField(validators=[Optional(), Length(max=500)])

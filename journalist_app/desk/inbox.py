@@ -1,0 +1,121 @@
+"""Inbox filtering and the home page's counts; pure functions over case summaries."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .casebook import CaseSummary
+
+NEW = frozenset({"received"})
+OPEN = frozenset({"received", "under_review", "action_taken"})
+WEEKS_SHOWN = 12
+
+KINDS = {
+    "information": "Information",
+    "complaint": "Complaint",
+    "suggestion": "Suggestion",
+    "event_feedback": "Event feedback",
+}
+CATEGORIES = {
+    "suspicious_person": "Suspicious person",
+    "suspicious_vehicle": "Suspicious vehicle",
+    "criminal_activity": "Criminal activity",
+    "illegal_trade": "Illegal trade",
+    "traffic": "Traffic or road accident",
+    "law_and_order": "Law and order",
+    "social_safety": "Social safety",
+    "women_safety": "Harassment of women",
+    "other": "Other",
+}
+STATUS_LABELS = {
+    "received": "Received",
+    "under_review": "Under review",
+    "action_taken": "Action taken",
+    "closed": "Closed",
+}
+
+
+@dataclass(frozen=True)
+class InboxFilter:
+    unit: str = ""
+    status: str = ""
+    kind: str = ""
+    category: str = ""
+    since: dt.date | None = None
+    until: dt.date | None = None
+    text: str = ""
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str]) -> InboxFilter:
+        """From a query string; anything unparseable is ignored rather than an error."""
+
+        def date(key: str) -> dt.date | None:
+            try:
+                return dt.date.fromisoformat(args.get(key, ""))
+            except ValueError:
+                return None
+
+        return cls(unit=args.get("unit", "")[:64], status=args.get("status", "")[:32],
+                   kind=args.get("kind", "")[:32], category=args.get("category", "")[:32],
+                   since=date("since"), until=date("until"), text=args.get("q", "").strip()[:200])
+
+    def matches(self, row: CaseSummary) -> bool:
+        case = row.case
+        day = case.received_at.astimezone(dt.UTC).date()
+        return (
+            (not self.unit or case.unit == self.unit)
+            and (not self.status or case.status == self.status)
+            and (not self.kind or row.kind == self.kind)
+            and (not self.category or row.category == self.category)
+            and (self.since is None or day >= self.since)
+            and (self.until is None or day <= self.until)
+            and (not self.text or self.text.casefold() in row.text.casefold()
+                 or self.text.casefold() in case.public_id.casefold())
+        )
+
+
+def apply(rows: Iterable[CaseSummary], inbox_filter: InboxFilter) -> list[CaseSummary]:
+    """Matching rows, newest first."""
+    found = [r for r in rows if inbox_filter.matches(r)]
+    return sorted(found, key=lambda r: (r.case.received_at, r.case.id), reverse=True)
+
+
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    new: int
+    open: int
+
+
+def iso_week(when: dt.datetime) -> str:
+    year, week, _ = when.astimezone(dt.UTC).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def _bars(rows: list[CaseSummary], key: str, labels: Mapping[str, str] | None = None) -> list[Bar]:
+    new: Counter[str] = Counter()
+    opened: Counter[str] = Counter()
+    for row in rows:
+        value = {"unit": row.case.unit, "kind": row.kind, "category": row.category,
+                 "week": iso_week(row.case.received_at)}[key] or "(unknown)"
+        if row.case.status in NEW:
+            new[value] += 1
+        if row.case.status in OPEN:
+            opened[value] += 1
+    keys = sorted(set(new) | set(opened))
+    if key == "week":
+        keys = keys[-WEEKS_SHOWN:]
+    return [Bar((labels or {}).get(k, k), new[k], opened[k]) for k in keys]
+
+
+def counts(rows: list[CaseSummary], unit_names: Mapping[str, str]) -> dict[str, list[Bar]]:
+    """New (received) and open (not closed) cases by unit, kind, category and week."""
+    return {
+        "unit": _bars(rows, "unit", unit_names),
+        "kind": _bars(rows, "kind", KINDS),
+        "category": _bars(rows, "category", CATEGORIES),
+        "week": _bars(rows, "week"),
+    }

@@ -1,0 +1,167 @@
+"""The officer loop, end to end: every program a real process on loopback, real gpg.
+
+A source submits a tip with a photo through the source app; the officer's desk (its own
+Hypercorn process, driven over HTTP as a browser would) logs in to the gateway, syncs, decrypts
+with the officer's key, replies and sets the status; the source logs in with the codename and
+reads the reply and the status. The server can read neither the tip nor the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pyotp
+import pytest
+from sqlalchemy import select
+
+from cpcp.errors import DecryptionFailed
+from cpcp.models import Reply, Source
+from cpcp.services import CoreServices
+
+from .conftest import FPR, ROOT, Deployment, gpg_decrypt
+from .helpers import csrf
+from .test_desk import code, jpeg_with_gps, write_desk_config
+from .test_gateway import PASSPHRASE
+from .test_journey_e2e import AGENT, Server, begin, files_containing, free_port, send, start_server
+
+
+def start_desk(root: Path, gateway: Server, gnupg_home: Path) -> Server:
+    """``cpcp-desk`` as its own process, with its own temp folder (searched for canaries)."""
+    port = free_port()
+    config = write_desk_config(root, gateway.url, gnupg_home, port=port)
+    tmpdir = root / "tmp"
+    tmpdir.mkdir(exist_ok=True)
+    output = root / "desk.out"
+    env = {**os.environ, "CPCP_DESK_PORT": str(port), "TMPDIR": str(tmpdir)}
+    with output.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "journalist_app.desk.serve", "--config", str(config)],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"desk exited: {output.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return Server(f"http://127.0.0.1:{port}", port, proc, output, tmpdir)
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("desk did not start")
+
+
+@pytest.fixture
+def servers(deployment: Deployment, officer_gnupg: Path) -> Iterator[tuple[Server, Server, Server]]:
+    source = start_server(deployment, app="source")
+    gateway = start_server(deployment, app="gateway")
+    desk = start_desk(deployment.root / "desk", gateway, officer_gnupg)
+    yield source, gateway, desk
+    for srv in (desk, gateway, source):
+        srv.stop()
+
+
+async def test_source_tip_desk_reply_and_status_back_to_the_source(
+    deployment: Deployment, core: CoreServices, servers: tuple[Server, Server, Server], officer_gnupg: Path
+) -> None:
+    source_srv, _, desk_srv = servers
+    totp = pyotp.TOTP(await core.officer_auth.enrol("officer-a", PASSPHRASE))
+    canary = f"CANARY-{secrets.token_hex(10)}"
+    photo = jpeg_with_gps(secrets.token_hex(12).encode())
+
+    # 1. A source sends a tip with a photo, over HTTP, as Tor Browser would.
+    async with httpx.AsyncClient(base_url=source_srv.url, timeout=60, headers={"User-Agent": AGENT}) as src:
+        codename = await begin(src)
+        r = await send(src, [
+            ("unit", "ps-sadar-bazar"), ("kind", "information"), ("category", "illegal_trade"),
+            ("place", "पुराना बाजार"), ("text", f"अवैध शराब की बिक्री {canary}"),
+            ("files", "IMG_2041.jpg", photo, "image/jpeg"),
+        ])
+        assert r.status_code == 303 and r.headers["location"] == "/case"
+
+    # 2. The officer at the desk: log in, sync, open the case, look at the photo's metadata.
+    reply_canary = f"REPLY-{secrets.token_hex(8)}"
+    async with httpx.AsyncClient(base_url=desk_srv.url, timeout=60) as desk:
+        page = (await desk.get("/login")).text
+        r = await desk.post("/login", data={"csrf_token": csrf(page), "handle": "officer-a",
+                                            "passphrase": PASSPHRASE, "code": code(totp)})
+        assert r.status_code == 303, r.text
+        inbox = await desk.get("/inbox")
+        r = await desk.post("/sync", data={"csrf_token": csrf(inbox.text)})
+        assert r.status_code == 303
+        inbox = await desk.get("/inbox")
+        assert "Synced 1 cases: 2 new objects downloaded" in inbox.text and "अवैध शराब" in inbox.text
+        match = re.search(r'href="/cases/(\d+)"', inbox.text)
+        assert match
+        case_id = int(match.group(1))
+        case_page = (await desk.get(f"/cases/{case_id}")).text
+        assert f"अवैध शराब की बिक्री {canary}" in case_page and "IMG_2041.jpg" in case_page
+        assert "पुराना बाजार" in case_page and "Illegal trade" in case_page
+        r = await desk.get(f"/cases/{case_id}/files/{_file_id(case_page)}")
+        assert r.content == photo
+        meta = (await desk.get(f"/cases/{case_id}/files/{_file_id(case_page)}/metadata")).text
+        assert "Redmi Note 12" in meta and "SN-4711" in meta and "GPS position (26.836761, 80.945833)" in meta
+
+        # 3. Reply (encrypted at the desk) and set the status.
+        r = await desk.post(f"/cases/{case_id}/reply", data={
+            "csrf_token": csrf(case_page), "text": f"धन्यवाद. Thank you, a team was sent. {reply_canary}"})
+        assert r.status_code == 303, r.text
+        r = await desk.post(f"/cases/{case_id}/update", data={
+            "csrf_token": csrf(case_page), "status": "action_taken", "priority": "high", "assignee": "",
+            "labels": "liquor"})
+        assert r.status_code == 303, r.text
+        case_page = (await desk.get(f"/cases/{case_id}")).text
+        assert reply_canary in case_page and "Action taken" in case_page
+
+    # 4. The source comes back with the codename and reads the reply and the status.
+    async with httpx.AsyncClient(base_url=source_srv.url, timeout=60, headers={"User-Agent": AGENT}) as later:
+        await later.get("/lang/en?next=/login")
+        page = (await later.get("/login")).text
+        r = await later.post("/login", data={"csrf_token": csrf(page), "codename": codename})
+        assert r.status_code == 303 and r.headers["location"] == "/case"
+        source_case = (await later.get("/case")).text
+        assert reply_canary in source_case and "Thank you, a team was sent." in source_case
+        assert "Action taken" in source_case
+
+    # 5. The reply on the server is unreadable there: not with the source keyring without the
+    #    codename-derived passphrase, not with the officer keyring (no private keys at all).
+    async with core.sessions() as db:
+        reply = (await db.scalars(select(Reply))).one()
+        source = (await db.scalars(select(Source))).one()
+    assert reply.object_name is not None
+    ciphertext = core.store.read(reply.object_name)
+    assert ciphertext.startswith(b"-----BEGIN PGP MESSAGE-----") and reply_canary.encode() not in ciphertext
+    recipients = core.source_keys.message_recipients(ciphertext)
+    assert recipients & core.source_keys.encryption_key_ids(source.reply_key_fingerprint)
+    assert recipients & core.officer_keys.encryption_key_ids(FPR["officer-a"])
+    for keyring, passphrase in ((core.source_keys, "not-the-codename-key"), (core.source_keys, None),
+                                (core.officer_keys, None)):
+        with pytest.raises(DecryptionFailed):
+            await asyncio.wait_for(asyncio.to_thread(keyring.decrypt_bytes, ciphertext, passphrase=passphrase), 60)
+    assert core.officer_keys.secret_fingerprints() == set()
+    assert reply_canary.encode() in gpg_decrypt(officer_gnupg, ciphertext)  # the unit can read it
+
+    # 6. Nothing readable was left behind by the desk or the server.
+    for srv in servers:
+        srv.stop()
+    desk_root = deployment.root / "desk"
+    needles = [canary.encode(), reply_canary.encode(), "अवैध".encode(), b"SN-4711", codename.encode()]
+    assert list((desk_root / "data" / "cache" / "docs").iterdir())  # the search looks at real files
+    assert files_containing([desk_root / "data", desk_srv.tmpdir], needles) == []
+    assert files_containing([deployment.settings.data_dir, source_srv.tmpdir], needles) == []
+    log = desk_srv.output.read_bytes()
+    assert not any(n in log for n in needles) and b"GET /" not in log and b"POST /" not in log
+
+
+def _file_id(case_page: str) -> int:
+    match = re.search(r'href="/cases/\d+/files/(\d+)"', case_page)
+    assert match, "the case page links no file"
+    return int(match.group(1))
