@@ -85,7 +85,7 @@ def verify_audit(settings: Settings, expect_head: str | None) -> int:
 
 
 async def _add_event(core: CoreServices, args: argparse.Namespace) -> int:
-    async with core.sessions.begin() as db:
+    async with core.audit.transaction() as db:
         event = Event(title_en=args.title_en, title_hi=args.title_hi, place=args.place,
                       starts_on=args.starts, ends_on=args.ends, open=True)
         db.add(event)
@@ -95,7 +95,7 @@ async def _add_event(core: CoreServices, args: argparse.Namespace) -> int:
 
 
 async def _close_event(core: CoreServices, event_id: int) -> bool:
-    async with core.sessions.begin() as db:
+    async with core.audit.transaction() as db:
         event = await db.get(Event, event_id)
         if event is None:
             return False

@@ -13,6 +13,8 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,23 +46,32 @@ class AuditCheck:
 class AuditLog:
     def __init__(self, *, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        # Appends are serialised in this process; the unique prev_hash guards other processes.
+        # Audited transactions are serialised in this process (see transaction()); the unique
+        # prev_hash makes a concurrent writer in another process fail instead of forking.
         self._lock = asyncio.Lock()
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction that may record audit entries. Held under this process's lock
+        until it commits, so the next one reads this one's entry as its predecessor."""
+        async with self._lock, self._sessions.begin() as db:
+            yield db
+
     async def record(self, db: AsyncSession, *, officer_id: int | None, action: str, **details: Any) -> None:
-        """Append an entry inside the caller's transaction (the action and its record commit
+        """Append an entry inside a ``transaction()`` (the action and its record commit
         together or not at all). Details must never hold tip or reply content."""
-        async with self._lock:
-            last = await db.scalar(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1))
-            prev = last.entry_hash if last is not None else GENESIS
-            at = dt.datetime.now(dt.UTC).replace(microsecond=0)
-            body = json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-            db.add(AuditEntry(at=at, officer_id=officer_id, action=action, details=body, prev_hash=prev,
-                              entry_hash=_entry_hash(prev, at, officer_id, action, body)))
-            await db.flush()
+        if not self._lock.locked():
+            raise RuntimeError("audit entries are recorded inside AuditLog.transaction()")
+        last = await db.scalar(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1))
+        prev = last.entry_hash if last is not None else GENESIS
+        at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        body = json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        db.add(AuditEntry(at=at, officer_id=officer_id, action=action, details=body, prev_hash=prev,
+                          entry_hash=_entry_hash(prev, at, officer_id, action, body)))
+        await db.flush()
 
     async def append(self, *, officer_id: int | None, action: str, **details: Any) -> None:
-        async with self._sessions.begin() as db:
+        async with self.transaction() as db:
             await self.record(db, officer_id=officer_id, action=action, **details)
 
     async def verify(self) -> AuditCheck:

@@ -125,7 +125,7 @@ class OfficerAuth:
         secret; returns the secret for the authenticator app. Resets any lock-out."""
         digest = await asyncio.to_thread(self.hash_passphrase, passphrase)
         secret = new_totp_secret()
-        async with self._sessions.begin() as db:
+        async with self._audit.transaction() as db:
             officer = await db.scalar(select(Officer).where(Officer.handle == handle))
             if officer is None:
                 raise LoginFailed(f"no officer {handle!r}: add it to the deployment file first")
@@ -146,7 +146,7 @@ class OfficerAuth:
         now = _now()
         failure: CPCPError
         # Failures are raised after the transaction commits, so their audit entries stay.
-        async with self._sessions.begin() as db:
+        async with self._audit.transaction() as db:
             officer = await db.scalar(select(Officer).where(Officer.handle == handle, Officer.active))
             if officer is None:
                 # Same work as a real check, so timing does not reveal which handles exist.

@@ -39,6 +39,9 @@ class SyncReport:
     removed: int
 
 
+SYNC_CONCURRENCY = 8
+
+
 class Cache:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -179,10 +182,20 @@ class Cache:
                 await self.store_case(case)
                 seen.append(case)
             removed = await self._prune({c.id for c in seen})
-            downloaded = cached = unavailable = 0
-            for case in seen:
-                d, c, u = await self.fetch_case_objects(client, case)
-                downloaded, cached, unavailable = downloaded + d, cached + c, unavailable + u
+            # Several downloads in flight: each is a round trip (over Tor, a slow one), and
+            # one at a time left both ends idle most of the time (bench/desk_sync.py).
+            gate = asyncio.Semaphore(SYNC_CONCURRENCY)
+
+            async def fetch(case: Case) -> tuple[int, int, int]:
+                async with gate:
+                    return await self.fetch_case_objects(client, case)
+
+            async with asyncio.TaskGroup() as group:  # the first error cancels the rest
+                tasks = [group.create_task(fetch(case)) for case in seen]
+            counts = [t.result() for t in tasks]
+            downloaded = sum(c[0] for c in counts)
+            cached = sum(c[1] for c in counts)
+            unavailable = sum(c[2] for c in counts)
             return SyncReport(cases=len(seen), downloaded=downloaded, already_cached=cached,
                               unavailable=unavailable, removed=removed)
 
