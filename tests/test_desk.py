@@ -351,18 +351,21 @@ async def test_sync_is_incremental_and_resumes_after_an_interrupted_download(
         await cache.open()
         assert list(cache.partial_dir.iterdir()) == []  # swept at start
 
-        with pytest.raises(GatewayUnreachable):
+        with pytest.raises(ExceptionGroup) as failed:  # downloads run several at a time
             await cache.sync(officer)
-        assert len(flaky.documents) == 4  # 3 complete, the 4th cut off
+        assert failed.group_contains(GatewayUnreachable)
+        assert len(flaky.documents) >= 4  # the 4th was cut off; others may have been in flight
         complete = sorted(int(p.stem) for p in (cache.root / "docs").iterdir())
-        assert len(complete) == 3 and list(cache.partial_dir.iterdir()) == []
+        assert len(complete) < 6 and list(cache.partial_dir.iterdir()) == []  # nothing half-written
         assert theirs not in {c.id for c in cache.cases()}
 
-        # The next sync starts at the first missing object; the one after fetches nothing.
+        # The next sync fetches exactly what is missing; the one after fetches nothing.
         flaky.documents.clear()
         report = await cache.sync(officer)
-        assert (report.cases, report.downloaded, report.already_cached) == (3, 3, 3)
-        assert len(flaky.documents) == 3 and not {f"/api/v1/documents/{d}" for d in complete} & set(flaky.documents)
+        missing = 6 - len(complete)
+        assert (report.cases, report.downloaded, report.already_cached) == (3, missing, len(complete))
+        assert len(flaky.documents) == missing
+        assert not {f"/api/v1/documents/{d}" for d in complete} & set(flaky.documents)
         flaky.documents.clear()
         report = await cache.sync(officer)
         assert (report.downloaded, report.already_cached, flaky.documents) == (0, 6, [])

@@ -176,13 +176,15 @@ class GatewayClient:
                         size += len(chunk)
                         if expected_size is not None and size > expected_size:
                             raise GatewayError("the gateway sent more bytes than the object has")
-                        await asyncio.to_thread(write_all, fd, chunk)
+                        # Written here, not in a thread: a cancelled sync must not leave a
+                        # thread writing to a descriptor the clean-up below closes.
+                        write_all(fd, chunk)
             except httpx.TransportError as exc:
                 raise GatewayUnreachable(f"download interrupted ({type(exc).__name__})") from exc
             if expected_size is not None and size != expected_size:
                 raise GatewayError(f"incomplete download: {size} of {expected_size} bytes")
-            await asyncio.to_thread(_finish, fd, tmp, dest)
-            fd = -1
+            owned, fd = fd, -1  # from here the thread owns the descriptor, even if we are cancelled
+            await asyncio.to_thread(_finish, owned, tmp, dest)
         finally:
             if fd != -1:
                 await asyncio.to_thread(_discard, fd, tmp)
