@@ -6,9 +6,12 @@ officer's workstation: the server's data folder never holds them. Demo only.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 from .pgp import Keyring
+from .settings import Settings
 
 DEMO_UNITS = [
     ("ps-sadar-bazar", "police_station", "Sadar Bazar Police Station", "थाना सदर बाजार", "station"),
@@ -70,5 +73,49 @@ def make_demo(folder: Path) -> Path:
         'default_locale = "hi"\n',
         encoding="utf-8",
     )
-    init_deployment(load_settings(config))
+    (folder / "desk.toml").write_text(
+        "# The demo officer's desk (cpcp-desk --config desk.toml). On a real workstation the\n"
+        "# gateway is an .onion reached through Tor: see journalist_app/desk/desk.example.toml.\n"
+        'gateway_url = "http://127.0.0.1:8081"\n'
+        'gnupg_home = "workstation/gnupg"\n'
+        'data_dir = "workstation/desk-data"\n'
+        'export_dir = "workstation/exports"\n'
+        "port = 8090\n",
+        encoding="utf-8",
+    )
+    settings = load_settings(config)
+    init_deployment(settings)
+    _enrol_demo_officer(settings, folder / DEMO_LOGIN_FILE)
     return config
+
+
+DEMO_LOGIN_FILE = "DEMO-OFFICER-LOGIN.txt"
+
+
+def _enrol_demo_officer(settings: Settings, path: Path) -> None:
+    """Give the demo station officer a passphrase and TOTP secret, written to a file for the
+    demo only (a real officer is enrolled in person with ``cpcp-admin officer-enrol``)."""
+    from .officers import provisioning_uri, suggest_passphrase
+    from .services import build_core
+
+    handle = DEMO_OFFICERS["station"][0]
+    passphrase = suggest_passphrase()
+
+    async def enrol() -> str:
+        core = build_core(settings)
+        try:
+            return await core.officer_auth.enrol(handle, passphrase, admin=True)
+        finally:
+            await core.close()
+
+    secret = asyncio.run(enrol())
+    path.write_text(
+        "DEMO ONLY. Log in to the desk (http://127.0.0.1:8090/) as:\n"
+        f"  handle:     {handle}\n  passphrase: {passphrase}\n"
+        f"  TOTP secret (add it to an authenticator app): {secret}\n"
+        f"  otpauth URI: {provisioning_uri(secret, handle)}\n"
+        "  a code without a phone: .venv/bin/python -c "
+        f"\"import pyotp; print(pyotp.TOTP('{secret}').now())\"\n",
+        encoding="utf-8",
+    )
+    os.chmod(path, 0o600)
