@@ -214,3 +214,24 @@ def audit_verify(deployment: Deployment) -> subprocess.CompletedProcess[str]:
 
     return subprocess.run([sys.executable, "-m", "cpcp.admin", "--config", str(deployment.config), "audit-verify"],
                           capture_output=True, text=True, check=False)
+
+
+async def test_enrolment_command_shows_a_qr_code_and_the_credentials_work(
+    gateway: Quart, deployment: Deployment
+) -> None:
+    import re
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "cpcp.admin", "--config", str(deployment.config), "officer-enrol", "officer-b", "--admin"],
+        capture_output=True, text=True, check=True,
+    )
+    passphrase = re.search(r"passphrase: (.+)", done.stdout).group(1)  # type: ignore[union-attr]
+    secret = re.search(r"secret: ([A-Z2-7]+)", done.stdout).group(1)  # type: ignore[union-attr]
+    assert len(passphrase.split()) == 7
+    assert any(block in done.stdout for block in ("█", "▀", "▄"))  # the QR code, drawn in the terminal
+    r = await gateway.test_client().post("/api/v1/token", json={
+        "handle": "officer-b", "passphrase": passphrase, "code": pyotp.TOTP(secret).now()})
+    assert r.status_code == 200
+    me = await (await gateway.test_client().get("/api/v1/me", headers=auth((await r.get_json())["token"]))).get_json()
+    assert me["handle"] == "officer-b" and me["is_admin"] is True
