@@ -1,0 +1,152 @@
+"""Officer workstations' keys for the officer onion's v3 client authorization.
+
+The server keeps only public keys: one ``authorized_clients/NAME.auth`` file per workstation
+(``descriptor:x25519:<base32 public key>``), which tor reads from the officer onion's service
+directory. The private half is printed once for the workstation's tor and never stored here,
+so a seized server cannot be used to reach the officer onion as an officer.
+
+Fail closed: a v3 onion whose ``authorized_clients`` holds no valid key is published *without*
+client authorization. A sealing key, whose private half is thrown away at birth, is therefore
+always present: with no workstation authorized, nobody can reach the officer onion.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NewType
+
+from . import _x25519
+from .errors import BadClientName, UnknownClient, UnsafeKeyFile
+
+#: base32 of an x25519 private key: a secret that belongs on one officer workstation only.
+ClientPrivateKey = NewType("ClientPrivateKey", str)
+
+AUTH_SUFFIX = ".auth"
+SEAL_NAME = "_sealed"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_AUTH_LINE = re.compile(r"^descriptor:x25519:([A-Z2-7]{52})$")
+
+
+def b32(key: bytes) -> str:
+    """tor's base32: RFC 4648 alphabet, upper case, no padding (52 characters for 32 bytes)."""
+    return base64.b32encode(key).decode("ascii").rstrip("=")
+
+
+@dataclass(frozen=True)
+class ClientKeyPair:
+    name: str
+    public: str  # base32
+    private: ClientPrivateKey
+
+    def __repr__(self) -> str:  # keep the private key out of logs and tracebacks
+        return f"ClientKeyPair(name={self.name!r}, public={self.public!r})"
+
+
+def generate_key_pair(name: str) -> ClientKeyPair:
+    """A fresh x25519 key pair, both halves in tor's base32."""
+    private = _x25519.clamp(secrets.token_bytes(32))
+    return ClientKeyPair(name, b32(_x25519.public_key(private)), ClientPrivateKey(b32(private)))
+
+
+def check_name(name: str) -> str:
+    """A workstation name is a short file-name-safe word (letters, digits, ``-``, ``_``)."""
+    if not _NAME.match(name):
+        raise BadClientName(f"workstation name must be 1-64 letters, digits, '-' or '_', "
+                            f"starting with a letter or digit: {name!r}")
+    return name
+
+
+def auth_line(public: str) -> str:
+    """The content of a service-side ``NAME.auth`` file."""
+    return f"descriptor:x25519:{public}"
+
+
+def auth_private_line(onion_address: str, private: ClientPrivateKey) -> str:
+    """The content of the workstation's ``*.auth_private`` file for ``onion_address``."""
+    host = onion_address.removesuffix(".onion")
+    return f"{host}:descriptor:x25519:{private}"
+
+
+def workstation_instructions(onion_address: str, pair: ClientKeyPair,
+                             auth_dir: str = "/var/lib/tor/onion_auth") -> str:
+    """Exactly what the officer workstation's tor needs, as text for the admin to carry over."""
+    return (
+        f"# Officer workstation {pair.name!r}: give it these, over a trusted channel, once.\n"
+        f"# 1. Save the next line, alone, as {auth_dir}/cpcp-officer.auth_private\n"
+        f"#    (owned by the workstation's tor user, mode 0600):\n"
+        f"{auth_private_line(onion_address, pair.private)}\n"
+        f"# 2. Add this line to the workstation's torrc and reload tor:\n"
+        f"ClientOnionAuthDir {auth_dir}\n"
+        f"# 3. The desk then reaches the gateway at http://{onion_address}/ through the\n"
+        f"#    workstation tor's SocksPort (Debian's default: 127.0.0.1:9050).\n"
+        f"# The server keeps only the public key; this private key is shown once and not stored.\n"
+    )
+
+
+class ClientRegistry:
+    """The ``authorized_clients`` folder of one onion service."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def ensure(self) -> None:
+        """Create the folder (0700) and the sealing key if missing."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory.chmod(0o700)
+        if not (self.directory / f"{SEAL_NAME}{AUTH_SUFFIX}").exists():
+            # The private half is dropped here: this key authorizes nobody.
+            self._write(SEAL_NAME, generate_key_pair(SEAL_NAME).public)
+
+    def add(self, name: str) -> ClientKeyPair:
+        """Authorize a new workstation; the returned private key is not stored anywhere."""
+        check_name(name)
+        self.ensure()
+        if (self.directory / f"{name}{AUTH_SUFFIX}").exists():
+            raise BadClientName(f"workstation {name!r} is already authorized; revoke it first")
+        pair = generate_key_pair(name)
+        self._write(name, pair.public)
+        return pair
+
+    def revoke(self, name: str) -> None:
+        """Remove a workstation's key (takes effect when the onion is published again)."""
+        check_name(name)
+        try:
+            (self.directory / f"{name}{AUTH_SUFFIX}").unlink()
+        except FileNotFoundError as exc:
+            raise UnknownClient(f"no authorized workstation named {name!r}") from exc
+
+    def names(self) -> list[str]:
+        """Authorized workstations, without the sealing key."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.name.removesuffix(AUTH_SUFFIX) for p in self.directory.glob(f"*{AUTH_SUFFIX}")
+                      if p.name != f"{SEAL_NAME}{AUTH_SUFFIX}")
+
+    def public_keys(self) -> dict[str, str]:
+        """Every valid key tor will use, sealing key included; refuses malformed files.
+
+        A malformed file would be skipped by tor with a warning; if it were the only one, tor
+        would publish the officer onion without client authorization.
+        """
+        keys: dict[str, str] = {}
+        for path in sorted(self.directory.glob(f"*{AUTH_SUFFIX}")):
+            match = _AUTH_LINE.match(path.read_text(encoding="ascii").strip())
+            if not match:
+                raise UnsafeKeyFile(f"{path}: not a 'descriptor:x25519:<key>' line")
+            keys[path.name.removesuffix(AUTH_SUFFIX)] = match.group(1)
+        return keys
+
+    def _write(self, name: str, public: str) -> None:
+        path = self.directory / f"{name}{AUTH_SUFFIX}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(auth_line(public) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)

@@ -1,0 +1,351 @@
+"""onion/ without a tor: client keys, key-file modes, torrc lines, publication logic, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import re
+import stat
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Self
+
+import pytest
+
+from onion import _x25519
+from onion.cli import main as onion_main
+from onion.clients import (
+    SEAL_NAME,
+    ClientRegistry,
+    auth_private_line,
+    generate_key_pair,
+    workstation_instructions,
+)
+from onion.errors import BadClientName, OnionError, TorFailed, UnknownClient, UnsafeKeyFile
+from onion.services import (
+    KEY_FILE,
+    OFFICER,
+    SOURCE,
+    DosDefences,
+    OnionLayout,
+    OnionPublisher,
+    OnionService,
+    cpcp_services,
+    service_lines,
+)
+from onion.testnet import AUTHORITY_TIMING, AUTHORITY_VOTES, Authority
+from onion.tor import OptionLine, Tor, TorControl, UploadWatch, render_torrc, server_options
+
+from .conftest import write_deployment
+
+ADDRESS = "a" * 56 + ".onion"
+B32_KEY = re.compile(r"^[A-Z2-7]{52}$")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --- x25519 client keys -------------------------------------------------------------------------
+
+
+def test_x25519_matches_rfc_7748_vectors() -> None:
+    h = bytes.fromhex
+    assert _x25519.x25519(
+        h("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4"),
+        h("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c"),
+    ) == h("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552")
+    alice = h("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    bob = h("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+    assert _x25519.public_key(alice) == h("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+    assert _x25519.public_key(bob) == h("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+    shared = h("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
+    assert _x25519.x25519(alice, _x25519.public_key(bob)) == shared
+    assert _x25519.x25519(bob, _x25519.public_key(alice)) == shared
+
+
+def test_client_key_pair_is_in_tors_format() -> None:
+    pair = generate_key_pair("desk-1")
+    assert B32_KEY.match(pair.public) and B32_KEY.match(pair.private)
+    private = base64.b32decode(pair.private + "====")
+    assert private == _x25519.clamp(private)
+    assert base64.b32decode(pair.public + "====") == _x25519.public_key(private)
+    assert pair.private not in repr(pair)
+    assert generate_key_pair("desk-1").private != pair.private
+
+
+def test_workstation_gets_the_auth_private_line_and_torrc_lines() -> None:
+    pair = generate_key_pair("desk-1")
+    line = auth_private_line(ADDRESS, pair.private)
+    assert line == f"{'a' * 56}:descriptor:x25519:{pair.private}"
+    text = workstation_instructions(ADDRESS, pair, auth_dir="/var/lib/tor/onion_auth")
+    lines = text.splitlines()
+    assert line in lines
+    assert "ClientOnionAuthDir /var/lib/tor/onion_auth" in lines
+    assert pair.public not in text  # the workstation needs only its private key
+
+
+def test_registry_keeps_public_keys_0600_and_a_sealing_key(tmp_path: Path) -> None:
+    registry = ClientRegistry(tmp_path / "officer" / "authorized_clients")
+    registry.ensure()
+    assert registry.names() == []
+    assert list(registry.public_keys()) == [SEAL_NAME]  # never zero keys: never published open
+    pair = registry.add("desk-1")
+    auth = registry.directory / "desk-1.auth"
+    assert auth.read_text() == f"descriptor:x25519:{pair.public}\n"
+    assert mode(auth) == 0o600 and mode(registry.directory) == 0o700
+    assert pair.private not in auth.read_text()
+    assert registry.names() == ["desk-1"]
+    with pytest.raises(BadClientName):
+        registry.add("desk-1")
+    registry.revoke("desk-1")
+    assert registry.names() == [] and not auth.exists()
+    with pytest.raises(UnknownClient):
+        registry.revoke("desk-1")
+
+
+@pytest.mark.parametrize("name", ["", "../etc", "a b", "_sealed", "x" * 65, "desk\n1", ".hidden"])
+def test_registry_refuses_names_that_are_not_plain_file_names(tmp_path: Path, name: str) -> None:
+    with pytest.raises(BadClientName):
+        ClientRegistry(tmp_path).add(name)
+
+
+def test_registry_refuses_a_malformed_key_file(tmp_path: Path) -> None:
+    registry = ClientRegistry(tmp_path)
+    registry.ensure()
+    (tmp_path / "broken.auth").write_text("descriptor:x25519:not-a-key\n")
+    with pytest.raises(UnsafeKeyFile):
+        registry.public_keys()
+
+
+# --- onion key files -----------------------------------------------------------------------------
+
+
+def test_onion_key_must_be_0600_in_a_0700_folder(tmp_path: Path) -> None:
+    layout = OnionLayout(tmp_path / "onion")
+    folder = layout.service_dir(SOURCE)
+    folder.mkdir(parents=True, mode=0o700)
+    key = folder / KEY_FILE
+    key.write_bytes(b"== ed25519v1-secret: type0 ==\x00\x00\x00" + bytes(64))
+    key.chmod(0o600)
+    layout.check_key(SOURCE)
+    key.chmod(0o640)
+    with pytest.raises(UnsafeKeyFile):
+        layout.check_key(SOURCE)
+    key.chmod(0o600)
+    folder.chmod(0o755)
+    with pytest.raises(UnsafeKeyFile):
+        layout.check_key(SOURCE)
+
+
+def test_address_is_read_from_tors_hostname_file(tmp_path: Path) -> None:
+    layout = OnionLayout(tmp_path)
+    assert layout.address(SOURCE) is None
+    layout.service_dir(SOURCE).mkdir()
+    (layout.service_dir(SOURCE) / "hostname").write_text(ADDRESS + "\n")
+    assert layout.address(SOURCE) == ADDRESS
+    (layout.service_dir(SOURCE) / "hostname").write_text("example.com\n")
+    with pytest.raises(OnionError):
+        layout.address(SOURCE)
+
+
+# --- torrc ----------------------------------------------------------------------------------------
+
+
+def test_torrc_rendering_keeps_order_and_repeats() -> None:
+    text = render_torrc({"SocksPort": "0", "DirAuthority": ["a 127.0.0.1:1 X", "b 127.0.0.1:2 Y"],
+                         "Log": "notice stdout"})
+    assert text == ("SocksPort 0\nDirAuthority a 127.0.0.1:1 X\nDirAuthority b 127.0.0.1:2 Y\n"
+                    "Log notice stdout\n")
+
+
+@pytest.mark.parametrize("key,value", [
+    ("SocksPort", "0\nControlPort 0.0.0.0:9051"),  # a second line smuggled in
+    ("HiddenServiceDir", '/tmp/x" HiddenServicePort="80'),  # breaks stem's SETCONF quoting
+    ("Bad Key", "1"),
+    ("Log", "notice file /tmp/x\\y"),
+])
+def test_torrc_rendering_refuses_injection(key: str, value: str) -> None:
+    with pytest.raises(TorFailed):
+        render_torrc({key: value})
+
+
+def test_server_tor_listens_on_loopback_with_cookie_auth_and_no_socks(tmp_path: Path) -> None:
+    options = server_options(tmp_path / "tor", log_file=tmp_path / "tor.log")
+    assert options["DataDirectory"] == str(tmp_path / "tor")
+    assert options["ControlPort"] == "127.0.0.1:auto"
+    assert options["ControlPortWriteToFile"] == str(tmp_path / "tor" / "control-port")
+    assert options["CookieAuthentication"] == "1"
+    assert options["SocksPort"] == "0"
+    assert server_options(tmp_path, socks_port=9150)["SocksPort"] == "127.0.0.1:9150"
+    render_torrc(options)
+
+
+def test_private_network_nodes_know_only_loopback_authorities() -> None:
+    auth = Authority("auth0", Path("/x"), or_port=5000, dir_port=7000, v3ident="A" * 40,
+                     fingerprint="B" * 40)
+    assert auth.dir_authority_line == f"auth0 orport=5000 no-v2 v3ident={'A' * 40} 127.0.0.1:7000 {'B' * 40}"
+    text = render_torrc({**AUTHORITY_VOTES, **AUTHORITY_TIMING})
+    assert "V3AuthVotingInterval 10\n" in text and "TestingDirAuthVoteHSDir *\n" in text
+
+
+def test_service_lines_turn_on_every_dos_defence_tor_knows() -> None:
+    notes: list[str] = []
+    lines = service_lines(OnionService(SOURCE, target_port=8080), DosDefences(), lambda _: True, notes)
+    assert ("HiddenServicePort", "80 127.0.0.1:8080") in lines
+    assert ("HiddenServiceVersion", "3") in lines
+    for key in ("HiddenServiceEnableIntroDoSDefense", "HiddenServicePoWDefensesEnabled",
+                "HiddenServiceMaxStreamsCloseCircuit"):
+        assert (key, "1") in lines
+    assert notes == []
+
+
+def test_service_lines_skip_pow_on_an_older_tor_with_a_note() -> None:
+    notes: list[str] = []
+    lines = service_lines(OnionService(SOURCE, target_port=8080), DosDefences(),
+                          lambda key: "PoW" not in key, notes)
+    assert not [k for k, _ in lines if "PoW" in k]
+    assert ("HiddenServiceEnableIntroDoSDefense", "1") in lines
+    assert len(notes) == 1 and "HiddenServicePoWDefensesEnabled" in notes[0]
+
+
+def test_onion_targets_only_loopback() -> None:
+    with pytest.raises(OnionError):
+        OnionService(SOURCE, target_port=8080, target_host="0.0.0.0")
+
+
+# --- publication logic against a stand-in tor ---------------------------------------------------
+
+
+class FakeUploads:
+    def __init__(self) -> None:
+        self.waited: set[str] = set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def wait(self, addresses: set[str], timeout: float) -> None:
+        self.waited |= addresses
+
+
+class FakeTor:
+    """Behaves like tor where publication depends on it: writes key and hostname on SETCONF."""
+
+    def __init__(self, foreign: Mapping[str, list[OptionLine]] | None = None, pow_: bool = True) -> None:
+        self.conf: dict[str, list[OptionLine]] = dict(foreign or {})
+        self.history: list[list[str]] = []
+        self.uploads = FakeUploads()
+        self.pow = pow_
+
+    version = "0.4.8.13"
+
+    def supports_option(self, name: str) -> bool:
+        return self.pow or "PoW" not in name
+
+    def bootstrap_progress(self) -> tuple[int, str]:
+        return 100, "Done"
+
+    def wait_bootstrapped(self, timeout: float) -> float:
+        return 0.0
+
+    def socks_port(self) -> int | None:
+        return None
+
+    def set_options(self, lines: Sequence[OptionLine]) -> None:
+        raise AssertionError("not used by publication")
+
+    def hidden_services(self) -> dict[str, list[OptionLine]]:
+        return {d: list(lines) for d, lines in self.conf.items()}
+
+    def set_hidden_services(self, conf: Mapping[str, Sequence[OptionLine]]) -> None:
+        self.conf = {d: list(lines) for d, lines in conf.items()}
+        self.history.append([Path(d).name for d in conf])
+        for directory in conf:
+            folder = Path(directory)
+            if folder.exists() and not (folder / "hostname").exists():
+                (folder / KEY_FILE).write_bytes(b"key")
+                (folder / KEY_FILE).chmod(0o600)
+                (folder / "hostname").write_text(folder.name[0] * 56 + ".onion\n")
+
+    def descriptor_uploads(self) -> UploadWatch:
+        return self.uploads
+
+    def close(self) -> None:
+        pass
+
+
+def test_fake_and_real_tor_offer_the_same_interface() -> None:
+    def methods(cls: type) -> set[str]:
+        return {n for n in dir(cls) if not n.startswith("_")}
+
+    assert methods(TorControl) <= methods(Tor)
+    assert methods(TorControl) <= methods(FakeTor)
+    tor: TorControl = FakeTor()  # and statically
+    assert tor.version
+
+
+def test_publish_keeps_foreign_services_and_waits_for_new_descriptors(tmp_path: Path) -> None:
+    foreign = {"/var/lib/tor/other": [("HiddenServicePort", "22 127.0.0.1:22")]}
+    tor = FakeTor(foreign)
+    layout = OnionLayout(tmp_path / "onion")
+    publisher = OnionPublisher(tor=tor, layout=layout)
+    services = cpcp_services(source_port=8080, gateway_port=8081)
+    result = publisher.publish(services)
+    assert result.addresses == {SOURCE: "s" * 56 + ".onion", OFFICER: "o" * 56 + ".onion"}
+    assert tor.uploads.waited == {"s" * 56, "o" * 56}
+    assert list(tor.conf) == ["/var/lib/tor/other", str(layout.service_dir(SOURCE)),
+                              str(layout.service_dir(OFFICER))]
+    assert mode(layout.root) == 0o700 and mode(layout.service_dir(OFFICER)) == 0o700
+    assert list(layout.clients(OFFICER).public_keys()) == [SEAL_NAME]
+    assert not (layout.service_dir(SOURCE) / "authorized_clients").exists()
+    # Unchanged: nothing is set again, nothing waited for.
+    tor.uploads.waited.clear()
+    assert publisher.publish(services).uploaded == []
+    assert len(tor.history) == 1 and tor.uploads.waited == set()
+    # After a revocation the officer onion goes down once, then comes back; the source stays.
+    assert publisher.publish(services, republish=[OFFICER]).uploaded == [OFFICER]
+    assert tor.history[1:] == [["other", SOURCE], ["other", SOURCE, OFFICER]]
+    publisher.unpublish([SOURCE, OFFICER])
+    assert list(tor.conf) == ["/var/lib/tor/other"]
+
+
+def test_publish_notes_missing_pow(tmp_path: Path) -> None:
+    result = OnionPublisher(tor=FakeTor(pow_=False), layout=OnionLayout(tmp_path)).publish(
+        cpcp_services(source_port=8080, gateway_port=8081))
+    assert len(result.notes) == 2 and all("proof-of-work" in n for n in result.notes)
+
+
+def test_publish_refuses_a_world_readable_key(tmp_path: Path) -> None:
+    tor, layout = FakeTor(), OnionLayout(tmp_path)
+    OnionPublisher(tor=tor, layout=layout).publish(cpcp_services(source_port=8080, gateway_port=8081))
+    (layout.service_dir(SOURCE) / KEY_FILE).chmod(0o644)
+    with pytest.raises(UnsafeKeyFile):
+        OnionPublisher(tor=tor, layout=layout).publish(cpcp_services(source_port=8080, gateway_port=8081))
+
+
+# --- the CLI without a tor ----------------------------------------------------------------------
+
+
+def test_cli_manages_clients_when_tor_is_not_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_deployment(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cpcp.sqlite'}")
+    assert onion_main(["--config", str(config), "add-client", "desk-1"]) == 2
+    assert "run' once first" in capsys.readouterr().err
+    layout = OnionLayout.for_data_dir(tmp_path / "data")
+    layout.service_dir(OFFICER).mkdir(parents=True)
+    (layout.service_dir(OFFICER) / "hostname").write_text(ADDRESS + "\n")
+    assert onion_main(["--config", str(config), "add-client", "desk-1"]) == 0
+    out, err = capsys.readouterr()
+    assert re.search(rf"^{'a' * 56}:descriptor:x25519:[A-Z2-7]{{52}}$", out, re.MULTILINE)
+    assert "ClientOnionAuthDir /var/lib/tor/onion_auth" in out
+    assert "tor is not running" in err
+    assert onion_main(["--config", str(config), "list-clients"]) == 0
+    assert capsys.readouterr().out == "desk-1\n"
+    assert onion_main(["--config", str(config), "status"]) == 1
+    out = capsys.readouterr().out
+    assert "tor: not running" in out and f"officer onion: {ADDRESS}" in out and "1 workstation(s)" in out
+    assert onion_main(["--config", str(config), "revoke-client", "desk-1"]) == 0
+    assert onion_main(["--config", str(config), "revoke-client", "desk-1"]) == 2
+    assert onion_main(["--config", str(config), "add-client", "../x"]) == 2
+    capsys.readouterr()
