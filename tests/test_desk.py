@@ -36,8 +36,8 @@ from journalist_app.desk.settings import DeskSettings, load_desk_settings
 
 from .conftest import ROOT, Deployment
 from .helpers import csrf
+from .servers import Server, files_containing, start_server, write_desk_config
 from .test_gateway import PASSPHRASE
-from .test_journey_e2e import Server, files_containing, start_server
 
 DESK = ROOT / "journalist_app" / "desk"
 DESK_URL = "http://127.0.0.1:8090"
@@ -133,14 +133,6 @@ def gateway_server(deployment: Deployment) -> Iterator[Server]:
 @pytest.fixture
 async def totp(core: CoreServices) -> pyotp.TOTP:
     return pyotp.TOTP(await core.officer_auth.enrol("officer-a", PASSPHRASE))
-
-
-def write_desk_config(root: Path, gateway_url: str, gnupg_home: Path, *, port: int = 8090) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    config = root / "desk.toml"
-    config.write_text(f'gateway_url = "{gateway_url}"\ngnupg_home = "{gnupg_home}"\n'
-                      f'data_dir = "data"\nexport_dir = "exports"\nport = {port}\n', encoding="utf-8")
-    return config
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from schemathesis.checks import not_a_server_error
 from cpcp.services import build_core
 
 from .conftest import Deployment
+from .servers import Server, start_server
 from .test_gateway import PASSPHRASE, make_case
-from .test_journey_e2e import Server, start_server
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -25,66 +24,8 @@ from cpcp.models import Case, CaseStatus, Document, Source, Submission
 from cpcp.services import build_core
 
 from .conftest import FPR, ROOT, Deployment, gpg_decrypt, gpg_encrypt
-from .helpers import codename_of, csrf, multipart
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    output: Path
-    tmpdir: Path
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=15)
-
-    def gpg_children(self) -> list[int]:
-        found = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    stat = Path(f"/proc/{pid}/stat").read_text()
-                except OSError:
-                    continue
-                if stat.split(") ")[1].split()[1] == str(self.proc.pid) and "(gpg)" in stat:
-                    found.append(int(pid))
-        return found
-
-
-def start_server(deployment: Deployment, port: int | None = None, *, app: str = "source") -> Server:
-    """Start ``cpcp-source`` (or ``cpcp-gateway`` with app="gateway") as its own process."""
-    port = port or free_port()
-    module = {"source": "source_app.serve", "gateway": "journalist_app.gateway.serve"}[app]
-    tmpdir = deployment.root / "server-tmp"
-    tmpdir.mkdir(exist_ok=True)
-    output = deployment.root / f"server-{port}-{secrets.token_hex(2)}.out"
-    env = {**os.environ, f"CPCP_{app.upper()}__PORT": str(port), "TMPDIR": str(tmpdir)}
-    with output.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--config", str(deployment.config)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {output.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        raise AssertionError("server did not start")
-    return Server(f"http://127.0.0.1:{port}", port, proc, output, tmpdir)
+from .helpers import csrf, multipart
+from .servers import AGENT, Server, begin, files_containing, free_port, send, start_server
 
 
 @pytest.fixture
@@ -99,36 +40,6 @@ async def client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, follow_redirects=False, timeout=30,
                                  headers={"User-Agent": AGENT}) as c:
         yield c
-
-
-AGENT = f"CanaryAgent/{secrets.token_hex(8)}"
-
-
-async def begin(client: httpx.AsyncClient) -> str:
-    page = (await client.get("/generate")).text
-    codename = codename_of(page)
-    r = await client.post("/create", data={"csrf_token": csrf(page)})
-    assert r.status_code == 303 and r.headers["location"] == "/submit"
-    return codename
-
-
-async def send(client: httpx.AsyncClient, parts: list[object], page: str = "/submit") -> httpx.Response:
-    token = csrf((await client.get(page)).text)
-    body, ctype = multipart([("csrf_token", token), *parts])  # type: ignore[list-item]
-    return await client.post("/submit", content=body, headers={"Content-Type": ctype})
-
-
-def files_containing(roots: list[Path], needles: list[bytes]) -> list[str]:
-    hits = []
-    for root in roots:
-        for path in root.rglob("*"):
-            if path.is_file() and not path.is_socket():
-                try:
-                    data = path.read_bytes()
-                except OSError:
-                    continue
-                hits += [f"{path}: {n[:20]!r}" for n in needles if n in data]
-    return hits
 
 
 async def test_whole_journey_and_nothing_readable_left_behind(

@@ -9,13 +9,8 @@ reads the reply and the status. The server can read neither the tip nor the repl
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import secrets
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,42 +23,18 @@ from cpcp.errors import DecryptionFailed
 from cpcp.models import Reply, Source
 from cpcp.services import CoreServices
 
-from .conftest import FPR, ROOT, Deployment, gpg_decrypt
+from .conftest import FPR, Deployment, gpg_decrypt
 from .helpers import csrf
-from .test_desk import code, jpeg_with_gps, write_desk_config
+from .servers import AGENT, Server, begin, files_containing, send, start_desk, start_server
+from .test_desk import code, jpeg_with_gps
 from .test_gateway import PASSPHRASE
-from .test_journey_e2e import AGENT, Server, begin, files_containing, free_port, send, start_server
-
-
-def start_desk(root: Path, gateway: Server, gnupg_home: Path) -> Server:
-    """``cpcp-desk`` as its own process, with its own temp folder (searched for canaries)."""
-    port = free_port()
-    config = write_desk_config(root, gateway.url, gnupg_home, port=port)
-    tmpdir = root / "tmp"
-    tmpdir.mkdir(exist_ok=True)
-    output = root / "desk.out"
-    env = {**os.environ, "CPCP_DESK_PORT": str(port), "TMPDIR": str(tmpdir)}
-    with output.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "journalist_app.desk.serve", "--config", str(config)],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"desk exited: {output.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return Server(f"http://127.0.0.1:{port}", port, proc, output, tmpdir)
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("desk did not start")
 
 
 @pytest.fixture
 def servers(deployment: Deployment, officer_gnupg: Path) -> Iterator[tuple[Server, Server, Server]]:
     source = start_server(deployment, app="source")
     gateway = start_server(deployment, app="gateway")
-    desk = start_desk(deployment.root / "desk", gateway, officer_gnupg)
+    desk = start_desk(deployment.root / "desk", gateway.url, officer_gnupg)
     yield source, gateway, desk
     for srv in (desk, gateway, source):
         srv.stop()

@@ -38,7 +38,7 @@ from onion.tor import Tor, read_control_port, server_options
 
 from .conftest import Deployment, gpg_decrypt, write_deployment
 from .helpers import codename_of, csrf
-from .test_journey_e2e import Server, send, start_server
+from .servers import Server, send, start_server
 
 if not (shutil.which("tor") and shutil.which("tor-gencert")):
     if os.environ.get("CPCP_TEST_REQUIRE_TOR") == "1":
