@@ -2,150 +2,34 @@
 and gateway behind onion services published by onion.services, reached through a client tor's
 SOCKS port.
 
-One network, one deployment (SQLite) and one source app and gateway serve the whole module.
-Needs the ``tor`` and ``tor-gencert`` binaries (Debian's ``tor``; scripts/setup installs it);
-without them the module is skipped, unless ``CPCP_TEST_REQUIRE_TOR=1``, when it fails.
+One network, one deployment (SQLite) and one source app and gateway serve the whole module
+(fixtures in conftest.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
-import shutil
 import stat
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from httpx_socks import AsyncProxyTransport
-from python_socks import ProxyError, ProxyType
 from sqlalchemy import select
 
-from cpcp.admin import init_deployment
 from cpcp.models import Case, Document
 from cpcp.services import build_core
-from cpcp.settings import load_settings
 from onion.cli import main as onion_main
 from onion.errors import TorFailed
 from onion.services import KEY_FILE, OFFICER, SOURCE, OnionLayout, OnionPublisher, cpcp_services
 from onion.testnet import PrivateTorNetwork
 from onion.tor import Tor, read_control_port, server_options
 
-from .conftest import Deployment, gpg_decrypt, write_deployment
-from .helpers import codename_of, csrf
-from .servers import Server, send, start_server
-
-if not (shutil.which("tor") and shutil.which("tor-gencert")):
-    if os.environ.get("CPCP_TEST_REQUIRE_TOR") == "1":
-        raise RuntimeError("CPCP_TEST_REQUIRE_TOR=1 but tor or tor-gencert is not installed")
-    pytest.skip("tor is not installed (scripts/setup installs it)", allow_module_level=True)
-
-pytestmark = [
-    pytest.mark.slow,
-    # stem 1.8.2 starts its threads with Thread.setDaemon(), deprecated since Python 3.10.
-    pytest.mark.filterwarnings(r"ignore:setDaemon\(\) is deprecated:DeprecationWarning"),
-]
-
-#: A request that should fail fails within this; one that should work gets this long.
-REFUSED_WITHIN = 30.0
-ANSWER_WITHIN = 60.0
-
-
-def say(request: pytest.FixtureRequest, line: str) -> None:
-    """A line on the terminal even when output is captured (timings for the reviewer)."""
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if capture is None or reporter is None:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line(line)
-
-
-@pytest.fixture(scope="module")
-def tor_deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
-    """SQLite only: what is tested here is Tor, not the database."""
-    root = tmp_path_factory.mktemp("tor-deployment")
-    config = write_deployment(root, f"sqlite+aiosqlite:///{root / 'data' / 'cpcp.sqlite'}")
-    settings = load_settings(config, env={})
-    init_deployment(settings)
-    return Deployment(root=root, config=config, settings=settings)
-
-
-@pytest.fixture(scope="module")
-def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateTorNetwork]:
-    net = PrivateTorNetwork(tmp_path_factory.mktemp("tornet"))
-    with net:
-        say(request, f"\nprivate Tor network (tor {net.service.version}): bootstrapped in "
-                     f"{net.bootstrap_seconds:.1f}s")
-        started = time.monotonic()
-        yield net
-        say(request, f"\nTor E2E tests on the network: {time.monotonic() - started:.1f}s")
-    # __exit__ raised if any tor had survived; check again from the outside.
-    assert not [pid for pid in net.pids if Path(f"/proc/{pid}").exists()]
-
-
-@pytest.fixture(scope="module")
-def source_server(tor_deployment: Deployment) -> Iterator[Server]:
-    server = start_server(tor_deployment)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway_server(tor_deployment: Deployment) -> Iterator[Server]:
-    server = start_server(tor_deployment, app="gateway")
-    yield server
-    server.stop()
-
-
-def layout_of(deployment: Deployment) -> OnionLayout:
-    return OnionLayout.for_data_dir(deployment.settings.data_dir)
-
-
-def publish(network: PrivateTorNetwork, deployment: Deployment, source: Server,
-            gateway: Server) -> dict[str, str]:
-    """Both onions on the network's service tor, as ``cpcp-onion run`` publishes them."""
-    publisher = OnionPublisher(tor=network.service, layout=layout_of(deployment))
-    services = cpcp_services(source_port=source.port, gateway_port=gateway.port)
-    return {k: str(v) for k, v in publisher.publish(services, timeout=ANSWER_WITHIN).addresses.items()}
-
-
-@asynccontextmanager
-async def through_tor(socks_port: int, onion: str, timeout: float) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client for ``http://onion/`` through a SOCKS port; names resolve inside tor."""
-    transport = AsyncProxyTransport(proxy_type=ProxyType.SOCKS5, proxy_host="127.0.0.1",
-                                    proxy_port=socks_port, rdns=True)
-    async with httpx.AsyncClient(transport=transport, base_url=f"http://{onion}", timeout=timeout,
-                                 follow_redirects=False) as client:
-        yield client
-
-
-async def get_with_retries(socks_port: int, onion: str, path: str) -> httpx.Response:
-    """GET, retrying while tor still learns the (re)published descriptor."""
-    deadline = time.monotonic() + ANSWER_WITHIN
-    while True:
-        try:
-            async with through_tor(socks_port, onion, ANSWER_WITHIN) as client:
-                return await client.get(path)
-        except (ProxyError, httpx.TransportError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(1)
-
-
-async def refused(socks_port: int, onion: str, path: str) -> bool:
-    """True when the onion cannot be reached (tor answers a SOCKS failure, or nothing in time)."""
-    try:
-        async with through_tor(socks_port, onion, REFUSED_WITHIN) as client:
-            await asyncio.wait_for(client.get(path), REFUSED_WITHIN)
-    except (ProxyError, httpx.TransportError, TimeoutError):
-        return True
-    return False
+from ..conftest import Deployment, gpg_decrypt
+from ..helpers import codename_of, csrf
+from ..servers import Server, send
+from .tornet import ANSWER_WITHIN, get_with_retries, layout_of, publish, refused, through_tor
 
 
 async def test_source_gets_a_codename_and_submits_a_tip_with_a_file_over_tor(

@@ -1,0 +1,79 @@
+"""What the Tor end-to-end modules share besides their fixtures (conftest.py): publishing
+CPCP's onions on the private network, and HTTP through a SOCKS port."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from httpx_socks import AsyncProxyTransport
+from python_socks import ProxyError, ProxyType
+
+from onion.services import OnionLayout, OnionPublisher, cpcp_services
+from onion.testnet import PrivateTorNetwork
+
+from ..conftest import Deployment
+from ..servers import Server
+
+#: A request that should fail fails within this; one that should work gets this long.
+REFUSED_WITHIN = 30.0
+ANSWER_WITHIN = 60.0
+
+
+def say(request: pytest.FixtureRequest, line: str) -> None:
+    """A line on the terminal even when output is captured (timings for the reviewer)."""
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if capture is None or reporter is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)
+
+
+def layout_of(deployment: Deployment) -> OnionLayout:
+    return OnionLayout.for_data_dir(deployment.settings.data_dir)
+
+
+def publish(network: PrivateTorNetwork, deployment: Deployment, source: Server,
+            gateway: Server) -> dict[str, str]:
+    """Both onions on the network's service tor, as ``cpcp-onion run`` publishes them."""
+    publisher = OnionPublisher(tor=network.service, layout=layout_of(deployment))
+    services = cpcp_services(source_port=source.port, gateway_port=gateway.port)
+    return {k: str(v) for k, v in publisher.publish(services, timeout=ANSWER_WITHIN).addresses.items()}
+
+
+@asynccontextmanager
+async def through_tor(socks_port: int, onion: str, timeout: float) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for ``http://onion/`` through a SOCKS port; names resolve inside tor."""
+    transport = AsyncProxyTransport(proxy_type=ProxyType.SOCKS5, proxy_host="127.0.0.1",
+                                    proxy_port=socks_port, rdns=True)
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://{onion}", timeout=timeout,
+                                 follow_redirects=False) as client:
+        yield client
+
+
+async def get_with_retries(socks_port: int, onion: str, path: str) -> httpx.Response:
+    """GET, retrying while tor still learns the (re)published descriptor."""
+    deadline = time.monotonic() + ANSWER_WITHIN
+    while True:
+        try:
+            async with through_tor(socks_port, onion, ANSWER_WITHIN) as client:
+                return await client.get(path)
+        except (ProxyError, httpx.TransportError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
+
+
+async def refused(socks_port: int, onion: str, path: str) -> bool:
+    """True when the onion cannot be reached (tor answers a SOCKS failure, or nothing in time)."""
+    try:
+        async with through_tor(socks_port, onion, REFUSED_WITHIN) as client:
+            await asyncio.wait_for(client.get(path), REFUSED_WITHIN)
+    except (ProxyError, httpx.TransportError, TimeoutError):
+        return True
+    return False
