@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import stat
 from pathlib import Path
 
 import httpx
+import pyotp
 import pytest
 from sqlalchemy import select
 
@@ -28,7 +30,9 @@ from onion.tor import Tor, read_control_port, server_options
 
 from ..conftest import Deployment, gpg_decrypt
 from ..helpers import codename_of, csrf
-from ..servers import Server, send
+from ..servers import Server, begin, send, start_desk
+from ..test_desk import code
+from ..test_gateway import PASSPHRASE
 from .tornet import ANSWER_WITHIN, get_with_retries, layout_of, publish, refused, through_tor
 
 
@@ -129,6 +133,98 @@ async def test_officer_onion_answers_only_a_workstation_with_its_client_key(
     status = capsys.readouterr().out
     assert f"officer onion: {officer}" in status and "0 workstation(s)" in status
     network.stop_tor("desk-1")
+
+
+def authorize_workstation(network: PrivateTorNetwork, deployment: Deployment, name: str, *,
+                          officer: str, auth_dir: Path, capsys: pytest.CaptureFixture[str]) -> int:
+    """``cpcp-onion add-client`` on the running service tor, the printed key installed in a new
+    workstation tor's ClientOnionAuthDir; returns that tor's SOCKS port."""
+    control = ["--config", str(deployment.config), "--timeout", str(ANSWER_WITHIN),
+               "--control-port", str(read_control_port(network.root / "service"))]
+    capsys.readouterr()
+    assert onion_main([*control, "add-client", name]) == 0
+    printed = capsys.readouterr().out
+    lines = re.findall(rf"^{officer.removesuffix('.onion')}:descriptor:x25519:[A-Z2-7]{{52}}$",
+                       printed, re.MULTILINE)
+    assert len(lines) == 1 and "ClientOnionAuthDir" in printed
+    auth_dir.mkdir(mode=0o700)
+    (auth_dir / "cpcp-officer.auth_private").write_text(lines[0] + "\n")
+    (auth_dir / "cpcp-officer.auth_private").chmod(0o600)
+    port = network.start_client(name, {"ClientOnionAuthDir": str(auth_dir)}).socks_port()
+    assert port is not None
+    return port
+
+
+async def test_desk_syncs_decrypts_and_replies_through_the_officer_onion(
+    network: PrivateTorNetwork, tor_deployment: Deployment, source_server: Server,
+    gateway_server: Server, officer_gnupg: Path, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The whole loop over Tor: source → source onion; desk → officer onion through its own
+    tor holding the client key; the source reads the reply through the source onion."""
+    onions = publish(network, tor_deployment, source_server, gateway_server)
+    canary, reply_canary = f"TOR-TIP-{secrets.token_hex(6)}", f"TOR-REPLY-{secrets.token_hex(6)}"
+    photo = b"\xff\xd8\xff\xe0 photo " + os.urandom(200 * 1024)
+    async with through_tor(network.socks_port, onions[SOURCE], ANSWER_WITHIN) as tor_browser:
+        codename = await begin(tor_browser)
+        r = await send(tor_browser, [
+            ("unit", "ps-sadar-bazar"), ("kind", "complaint"), ("category", "suspicious_vehicle"),
+            ("text", f"संदिग्ध वाहन {canary}"), ("files", "car.jpg", photo, "image/jpeg"),
+        ])
+        assert r.status_code == 303 and r.headers["location"] == "/case"
+
+    monkeypatch.setenv("CPCP_SOURCE__PORT", str(source_server.port))
+    monkeypatch.setenv("CPCP_GATEWAY__PORT", str(gateway_server.port))
+    desk_socks = authorize_workstation(network, tor_deployment, "desk-loop", officer=onions[OFFICER],
+                                       auth_dir=tmp_path / "onion_auth", capsys=capsys)
+    core = build_core(tor_deployment.settings)
+    try:
+        totp = pyotp.TOTP(await core.officer_auth.enrol("officer-a", PASSPHRASE))
+    finally:
+        await core.close()
+    # The workstation's tor learns the descriptor with its key; the desk then goes only there.
+    assert (await get_with_retries(desk_socks, onions[OFFICER], "/api/v1/openapi.json")).status_code == 200
+    desk_srv = start_desk(tmp_path / "desk", f"http://{onions[OFFICER]}", officer_gnupg,
+                          socks_proxy=f"socks5h://127.0.0.1:{desk_socks}")
+    try:
+        async with httpx.AsyncClient(base_url=desk_srv.url, timeout=ANSWER_WITHIN) as desk:
+            page = (await desk.get("/login")).text
+            r = await desk.post("/login", data={"csrf_token": csrf(page), "handle": "officer-a",
+                                                "passphrase": PASSPHRASE, "code": code(totp)})
+            assert r.status_code == 303, r.text
+            inbox = await desk.get("/inbox")
+            r = await desk.post("/sync", data={"csrf_token": csrf(inbox.text)})
+            assert r.status_code == 303
+            inbox = await desk.get("/inbox")
+            assert "संदिग्ध वाहन" in inbox.text, inbox.text
+            case_ids = re.findall(r'href="/cases/(\d+)"', inbox.text)
+            case_page = ""
+            for case_id in case_ids:  # other tests of this module sent tips too
+                case_page = (await desk.get(f"/cases/{case_id}")).text
+                if canary in case_page:
+                    break
+            assert canary in case_page and "car.jpg" in case_page
+            file_id = re.search(rf'href="/cases/{case_id}/files/(\d+)"', case_page)
+            assert file_id
+            assert (await desk.get(f"/cases/{case_id}/files/{file_id.group(1)}")).content == photo
+            r = await desk.post(f"/cases/{case_id}/reply", data={
+                "csrf_token": csrf(case_page), "text": f"वाहन की जाँच हो रही है. {reply_canary}"})
+            assert r.status_code == 303, r.text
+            r = await desk.post(f"/cases/{case_id}/update", data={
+                "csrf_token": csrf(case_page), "status": "under_review", "priority": "normal",
+                "assignee": "", "labels": ""})
+            assert r.status_code == 303, r.text
+    finally:
+        desk_srv.stop()
+    assert b"onion" not in desk_srv.output.read_bytes()  # the desk logs no addresses it visits
+
+    async with through_tor(network.socks_port, onions[SOURCE], ANSWER_WITHIN) as later:
+        page = (await later.get("/login")).text
+        r = await later.post("/login", data={"csrf_token": csrf(page), "codename": codename})
+        assert r.status_code == 303 and r.headers["location"] == "/case"
+        case = (await later.get("/case")).text
+        assert reply_canary in case and "वाहन की जाँच हो रही है." in case
+    network.stop_tor("desk-loop")
 
 
 def tor_children() -> list[int]:
