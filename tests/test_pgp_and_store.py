@@ -95,3 +95,24 @@ def test_sweep_removes_leftovers_but_keeps_referenced_objects(tmp_path: Path) ->
     assert store.sweep({keep}, older_than=-1) == 1
     assert store.path(keep).exists() and not store.path(orphan).exists() and live.path.exists()
     store.discard(live)
+
+
+def test_reply_key_passphrase_is_needed_every_time_and_never_cached(tmp_path: Path) -> None:
+    """A source's reply key: generated locked, readable with the passphrase, and the agent
+    keeps nothing: right after generation or a successful decryption, no passphrase or a
+    wrong one fails. Several keys in a row, as a busy source app makes them."""
+    from cpcp.errors import DecryptionFailed
+
+    ring = Keyring(tmp_path / "sources")
+    for i in range(3):
+        passphrase = os.urandom(32).hex()
+        fpr = ring.generate_key(passphrase=passphrase, uid=f"source {i}")
+        ciphertext = subprocess.run(
+            ["gpg", "--homedir", str(tmp_path / "sources"), "--batch", "--trust-model", "always",
+             "--encrypt", "-r", fpr], input=b"reply %d" % i, capture_output=True, check=True).stdout
+        for wrong in (None, "not-the-passphrase"):
+            with pytest.raises(DecryptionFailed):
+                ring.decrypt_bytes(ciphertext, passphrase=wrong)
+        assert ring.decrypt_bytes(ciphertext, passphrase=passphrase) == b"reply %d" % i
+        with pytest.raises(DecryptionFailed):
+            ring.decrypt_bytes(ciphertext, passphrase=None)
