@@ -26,8 +26,9 @@ from quart import Quart
 from sqlalchemy import select
 
 from cpcp.codenames import generate_codename
-from cpcp.models import AuditEntry, Case, Document, Officer
+from cpcp.models import AuditEntry, Case, Document, DocumentRole, Officer
 from cpcp.services import CoreServices
+from journalist_app.desk import cache as cache_module
 from journalist_app.desk import create_app, filemeta
 from journalist_app.desk.cache import Cache
 from journalist_app.desk.client import GatewayClient
@@ -374,6 +375,48 @@ async def test_sync_is_incremental_and_resumes_after_an_interrupted_download(
         assert len(again.cases()) == 3 and all(again.has_document(d) for d in complete)
     finally:
         await client.aclose()
+
+
+async def test_sync_fetches_small_messages_in_batches_and_falls_back_one_by_one(
+    core: CoreServices, gateway_server: Server, totp: pyotp.TOTP, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cache_module, "BATCH_MAX_IDS", 2)  # 5 messages -> batches of 2, 2, 1
+    cases = [await make_tip(core, "ps-sadar-bazar", f"tip {i}") for i in range(4)]
+    cases.append(await make_tip(core, "ps-sadar-bazar", "with a video",
+                                files=[("v.mp4", "video/mp4", os.urandom(300_000))]))
+    async with core.sessions() as db:
+        docs = {d.id: d for d in (await db.scalars(select(Document))).all()}
+    gone = min(docs)  # lost from the server's store: its batch must fall back to single downloads
+    core.store.path(docs[gone].object_name).unlink()
+    flaky = Flaky()
+    client = GatewayClient(http=httpx.AsyncClient(base_url=gateway_server.url, transport=flaky))
+    try:
+        officer = client.with_token((await client.login("officer-a", PASSPHRASE, code(totp))).token)
+        cache = Cache(tmp_path / "cache")
+        await cache.open()
+        report = await cache.sync(officer)
+        assert (report.cases, report.downloaded, report.unavailable) == (5, 5, 1)
+        batches = [p for p in flaky.documents if p.endswith("/batch")]
+        singles = sorted(int(p.rsplit("/", 1)[1]) for p in flaky.documents if not p.endswith("/batch"))
+        assert len(batches) == 3
+        video = next(i for i, d in docs.items() if d.role == DocumentRole.FILE)
+        assert docs[video].size > 256 * 1024
+        assert singles == sorted([gone, gone + 1, video])  # the refused batch, then the large file
+        for doc_id, doc in docs.items():
+            if doc_id != gone:
+                assert cache.document_path(doc_id).read_bytes() == core.store.read(doc.object_name)
+        assert not cache.has_document(gone) and list(cache.partial_dir.iterdir()) == []
+        flaky.documents.clear()
+        report = await cache.sync(officer)
+        assert (report.downloaded, report.already_cached, report.unavailable) == (0, 5, 1)
+        # Only the gone one is asked for again (in a batch of its own, then alone).
+        assert flaky.documents == ["/api/v1/documents/batch", f"/api/v1/documents/{gone}"]
+    finally:
+        await client.aclose()
+    async with core.sessions() as db:
+        actions = [e.action for e in (await db.scalars(select(AuditEntry))).all()]
+    assert actions.count("download_documents") == 2  # the refused batch recorded nothing
 
 
 # -- the web app ------------------------------------------------------------------------------

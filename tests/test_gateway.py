@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ import pytest
 from quart import Quart
 from sqlalchemy import delete, func, select, update
 
-from cpcp.models import AuditEntry, Reply
+from cpcp.models import AuditEntry, Document, Reply, Submission
 from cpcp.services import CoreServices
 
 from .conftest import FPR, Deployment, gpg_decrypt, gpg_encrypt
@@ -235,3 +238,73 @@ async def test_enrolment_command_shows_a_qr_code_and_the_credentials_work(
     assert r.status_code == 200
     me = await (await gateway.test_client().get("/api/v1/me", headers=auth((await r.get_json())["token"]))).get_json()
     assert me["handle"] == "officer-b" and me["is_admin"] is True
+
+
+async def test_document_batch_gives_exact_ciphertexts_with_one_audit_entry(
+    gateway: Quart, core: CoreServices, officer_gnupg: Path,
+) -> None:
+    mine = [await make_case(core, "ps-sadar-bazar") for _ in range(3)]
+    theirs = await make_case(core, "cell-cyber")
+    token = await token_for(gateway, "officer-a", await enrol(core, "officer-a"))
+    client = gateway.test_client()
+    listed = await (await client.get("/api/v1/cases", headers=auth(token))).get_json()
+    assert [c["id"] for c in listed["cases"]] == mine
+    ids = [c["submissions"][0]["documents"][0]["id"] for c in listed["cases"]]
+    async with core.sessions() as db:
+        other = (await db.scalars(select(Document.id).join(Submission).where(Submission.case_id == theirs))).one()
+
+    async def audit_rows() -> list[AuditEntry]:
+        async with core.sessions() as db:
+            return list((await db.scalars(select(AuditEntry).order_by(AuditEntry.id))).all())
+
+    before = len(await audit_rows())
+    r = await client.post("/api/v1/documents/batch", headers=auth(token), json={"ids": ids[::-1]})
+    assert r.status_code == 200, await r.get_data(as_text=True)
+    batch = {d["id"]: base64.b64decode(d["ciphertext"]) for d in (await r.get_json())["documents"]}
+    assert set(batch) == set(ids)
+    for doc_id in ids:  # byte for byte what the single download gives, and readable by the unit
+        single = await client.get(f"/api/v1/documents/{doc_id}", headers=auth(token))
+        assert batch[doc_id] == await single.get_data()
+        assert b"tip for ps-sadar-bazar" in gpg_decrypt(officer_gnupg, batch[doc_id])
+    entries = (await audit_rows())[before:]
+    assert [e.action for e in entries] == ["download_documents", *["download_document"] * 3]
+    assert json.loads(entries[0].details) == {"cases": mine, "documents": sorted(ids)}
+    assert (await core.audit.verify()).ok
+
+    # Another unit's document, or one that does not exist: 404 for the whole batch, nothing logged.
+    before = len(await audit_rows())
+    for bad in ([*ids, other], [ids[0], 2**31 - 1]):
+        r = await client.post("/api/v1/documents/batch", headers=auth(token), json={"ids": bad})
+        assert r.status_code == 404
+        assert "no such document" in (await r.get_json())["error"]
+    # Malformed: empty, too many, out of range, not a list; no token.
+    for body in ({"ids": []}, {"ids": list(range(1, 102))}, {"ids": [0]}, {"ids": "1"}, {}):
+        r = await client.post("/api/v1/documents/batch", headers=auth(token), json=body)
+        assert r.status_code == 400, body
+    r = await client.post("/api/v1/documents/batch", json={"ids": ids})
+    assert r.status_code == 401
+    assert len(await audit_rows()) == before
+
+
+async def test_document_batch_refuses_a_large_file(gateway: Quart, core: CoreServices) -> None:
+    from cpcp.codenames import generate_codename
+
+    login = await core.sources.create(generate_codename())
+    unit = await core.cases.unit_by_slug("ps-sadar-bazar")
+    async with core.intake.draft(unit) as draft:
+        await draft.add_message({"text": "a video"})
+        await draft.open_file("video.mp4", "video/mp4")
+        await draft.write_file(os.urandom(300 * 1024))  # gpg stores it uncompressed: > 256 KiB
+        await draft.close_file()
+        await draft.commit(source_id=login.source_id, unit=unit)
+    token = await token_for(gateway, "officer-a", await enrol(core, "officer-a"))
+    client = gateway.test_client()
+    case = (await (await client.get("/api/v1/cases", headers=auth(token))).get_json())["cases"][0]
+    docs = {d["role"]: d for d in case["submissions"][0]["documents"]}
+    assert docs["file"]["size"] > 256 * 1024 >= docs["message"]["size"]
+    r = await client.post("/api/v1/documents/batch", headers=auth(token),
+                          json={"ids": [docs["message"]["id"], docs["file"]["id"]]})
+    assert r.status_code == 413
+    assert str(docs["file"]["id"]) in (await r.get_json())["error"]
+    r = await client.post("/api/v1/documents/batch", headers=auth(token), json={"ids": [docs["message"]["id"]]})
+    assert r.status_code == 200

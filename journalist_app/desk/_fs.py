@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -26,3 +31,15 @@ def write_new(path: Path, data: bytes, *, replace: bool = False) -> None:
         os.close(fd)
     if replace:
         os.replace(target, path)
+
+
+async def in_thread_to_the_end(fn: Callable[..., T], *args: object) -> T:
+    """``asyncio.to_thread``, except that a cancelled caller still waits for the thread: a
+    sync that has returned (cancelled by a failed sibling download) leaves no thread still
+    writing or renaming in the cache."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise

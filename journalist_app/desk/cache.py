@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from ._fs import write_new
-from .client import GatewayClient
-from .errors import NotCached, NotFound
+from ._fs import in_thread_to_the_end, write_new
+from .client import BATCH_MAX_IDS, BATCH_MAX_OBJECT, GatewayClient
+from .errors import GatewayError, NotCached, NotFound
 from .wire import Case, Unit
 
 _UNITS = TypeAdapter(list[Unit])
@@ -86,6 +87,9 @@ class Cache:
                 self._units = _UNITS.validate_json(units.read_bytes())
             except ValidationError:
                 units.unlink()
+        self._scan_objects()
+
+    def _scan_objects(self) -> None:
         self._docs = {int(p.stem) for p in (self.root / "docs").glob("*.gpg") if p.stem.isdigit()}
         self._replies = {int(p.stem) for p in (self.root / "replies").glob("*.gpg") if p.stem.isdigit()}
 
@@ -176,6 +180,9 @@ class Cache:
         every ciphertext not cached yet. Cases no longer visible are removed with their
         objects. An error stops the sync; what was complete stays, and the next sync resumes."""
         async with self._lock:
+            # What is on disk is what is cached: a download cancelled while its file was being
+            # renamed into place (a failed sibling stops the sync) is complete all the same.
+            await asyncio.to_thread(self._scan_objects)
             await self.store_units(await client.units())
             seen: list[Case] = []
             async for case in client.all_cases():
@@ -190,14 +197,53 @@ class Cache:
                 async with gate:
                     return await self.fetch_case_objects(client, case)
 
+            # Small messages first, a hundred per request and per audit entry; then whatever
+            # is still missing (files, replies, anything a batch could not carry) one by one.
+            small = [(doc.id, doc.size) for case in seen for sub in case.submissions
+                     for doc in sub.documents if doc.id not in self._docs and doc.size <= BATCH_MAX_OBJECT]
+
+            async def fetch_batch(batch: list[tuple[int, int]]) -> int:
+                async with gate:
+                    return await self._fetch_batch(client, batch)
+
             async with asyncio.TaskGroup() as group:  # the first error cancels the rest
+                batches = [group.create_task(fetch_batch(small[i:i + BATCH_MAX_IDS]))
+                           for i in range(0, len(small), BATCH_MAX_IDS)]
+            batched = sum(t.result() for t in batches)
+            async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(fetch(case)) for case in seen]
             counts = [t.result() for t in tasks]
-            downloaded = sum(c[0] for c in counts)
-            cached = sum(c[1] for c in counts)
+            downloaded = batched + sum(c[0] for c in counts)
+            cached = sum(c[1] for c in counts) - batched  # the second pass found those in the cache
             unavailable = sum(c[2] for c in counts)
             return SyncReport(cases=len(seen), downloaded=downloaded, already_cached=cached,
                               unavailable=unavailable, removed=removed)
+
+    async def _fetch_batch(self, client: GatewayClient, batch: list[tuple[int, int]]) -> int:
+        """One batch into the cache; returns how many landed. A batch the gateway refuses
+        (one is gone, or larger than it says) is left to the one-by-one pass, which tells
+        which object is unavailable."""
+        try:
+            blobs = await client.document_batch([doc_id for doc_id, _ in batch])
+        except NotFound:
+            return 0
+        except GatewayError as exc:
+            if exc.status == 413:
+                return 0
+            raise
+        for doc_id, size in batch:
+            if len(blobs[doc_id]) != size:
+                raise GatewayError(f"document {doc_id}: {len(blobs[doc_id])} bytes, the case says {size}")
+        await in_thread_to_the_end(self._store_documents, blobs)
+        self._docs.update(blobs)
+        return len(blobs)
+
+    def _store_documents(self, blobs: dict[int, bytes]) -> None:
+        for doc_id, blob in blobs.items():
+            dest = self.document_path(doc_id)
+            tmp = self.partial_dir / f"{dest.name}.{secrets.token_hex(4)}.part"
+            write_new(tmp, blob)  # fsynced; renamed only when complete, as a streamed download
+            os.replace(tmp, dest)
 
     async def _prune(self, visible: set[int]) -> int:
         gone = [c for cid, c in self._cases.items() if cid not in visible]

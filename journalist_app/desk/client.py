@@ -5,7 +5,6 @@ when complete, so an interrupted sync never leaves a half object under its final
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ from httpx_socks import AsyncProxyTransport
 from pydantic import BaseModel, ValidationError
 from python_socks import ProxyType
 
-from ._fs import write_all
+from ._fs import in_thread_to_the_end, write_all
 from .errors import (
     AccountLocked,
     GatewayError,
@@ -28,10 +27,24 @@ from .errors import (
     Unauthorized,
 )
 from .settings import DeskSettings
-from .wire import Case, CaseChanges, CasePage, Key, Me, ReplyCreated, Token, Unit, UnitList
+from .wire import (
+    Case,
+    CaseChanges,
+    CasePage,
+    DocumentBatch,
+    Key,
+    Me,
+    ReplyCreated,
+    Token,
+    Unit,
+    UnitList,
+)
 
 API = "/api/v1"
 CHUNK = 64 * 1024
+#: What one call of the gateway's batch endpoint may ask for (its OpenAPI document says so).
+BATCH_MAX_IDS = 100
+BATCH_MAX_OBJECT = 256 * 1024
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -154,6 +167,15 @@ class GatewayClient:
                                 expected_size: int | None = None) -> int:
         return await self._download(f"/documents/{document_id}", dest, tmp_dir, expected_size)
 
+    async def document_batch(self, ids: list[int]) -> dict[int, bytes]:
+        """Several small ciphertexts in one round trip (at most BATCH_MAX_IDS, each at most
+        BATCH_MAX_OBJECT bytes); 404 if any is gone, 413 if any is larger."""
+        response = await self._request("POST", "/documents/batch", json={"ids": ids})
+        got = {doc.id: doc.ciphertext for doc in self._parse(DocumentBatch, response).documents}
+        if set(got) != set(ids):
+            raise GatewayError("the gateway's batch does not hold the documents asked for")
+        return got
+
     async def download_reply(self, reply_id: int, dest: Path, *, tmp_dir: Path,
                              expected_size: int | None = None) -> int:
         return await self._download(f"/replies/{reply_id}", dest, tmp_dir, expected_size)
@@ -162,7 +184,9 @@ class GatewayClient:
         """Stream a ciphertext into ``tmp_dir`` and rename it to ``dest`` once complete and of
         the expected size; on any failure the partial file is removed. Returns its size."""
         tmp = tmp_dir / f"{dest.name}.{secrets.token_hex(4)}.part"
-        fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Opened here, not in a thread: a sync cancelled during a threaded open left the
+        # created file behind with nobody to remove it.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         size = 0
         try:
             try:
@@ -184,10 +208,10 @@ class GatewayClient:
             if expected_size is not None and size != expected_size:
                 raise GatewayError(f"incomplete download: {size} of {expected_size} bytes")
             owned, fd = fd, -1  # from here the thread owns the descriptor, even if we are cancelled
-            await asyncio.to_thread(_finish, owned, tmp, dest)
+            await in_thread_to_the_end(_finish, owned, tmp, dest)
         finally:
             if fd != -1:
-                await asyncio.to_thread(_discard, fd, tmp)
+                _discard(fd, tmp)  # close and unlink: quick, and certain to run
         return size
 
 

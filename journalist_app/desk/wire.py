@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Base64Bytes, BaseModel, ConfigDict, Field
 
 Status = Literal["received", "under_review", "action_taken", "closed"]
 Priority = Literal["low", "normal", "high", "urgent"]
@@ -97,6 +97,15 @@ class CasePage(Wire):
 
 class ReplyCreated(Wire):
     id: int
+
+
+class Ciphertext(Wire):
+    id: int
+    ciphertext: Base64Bytes
+
+
+class DocumentBatch(Wire):
+    documents: list[Ciphertext]
 
 
 class CaseChanges(BaseModel):

@@ -3,7 +3,7 @@ them as OpenAPI). Metadata only: no field ever carries tip or reply plaintext.""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,6 +122,28 @@ class ReplyIn(Strict):
 
 class ReplyCreated(BaseModel):
     id: int
+
+
+#: A batch carries small objects only (tip messages, small photos); the rest stream alone,
+#: resumable. 100 x 256 KiB keeps a response (base64) under 35 MB.
+BATCH_MAX_IDS = 100
+BATCH_MAX_OBJECT = 256 * 1024
+
+DocumentId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class DocumentBatchIn(Strict):
+    ids: list[DocumentId] = Field(min_length=1, max_length=BATCH_MAX_IDS,
+                                  description=f"document ids, each at most {BATCH_MAX_OBJECT} bytes")
+
+
+class CiphertextOut(BaseModel):
+    id: int
+    ciphertext: str = Field(description="the stored OpenPGP message, base64")
+
+
+class DocumentBatch(BaseModel):
+    documents: list[CiphertextOut]
 
 
 class AuditIn(Strict):
