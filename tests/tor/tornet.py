@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 from httpx_socks import AsyncProxyTransport
-from python_socks import ProxyError, ProxyType
+from python_socks import ProxyError, ProxyTimeoutError, ProxyType
 
 from onion.services import OnionLayout, OnionPublisher, cpcp_services
 from onion.testnet import PrivateTorNetwork
@@ -22,6 +22,11 @@ from ..servers import Server
 #: A request that should fail fails within this; one that should work gets this long.
 REFUSED_WITHIN = 30.0
 ANSWER_WITHIN = 60.0
+#: One try of a request that is retried.
+ATTEMPT_WITHIN = 15.0
+#: What a request through tor raises when tor cannot (yet) reach the onion. ProxyTimeoutError
+#: is not a ProxyError.
+SOCKS_FAILURES = (ProxyError, ProxyTimeoutError, httpx.TransportError)
 
 
 def say(request: pytest.FixtureRequest, line: str) -> None:
@@ -56,14 +61,17 @@ async def through_tor(socks_port: int, onion: str, timeout: float) -> AsyncItera
         yield client
 
 
-async def get_with_retries(socks_port: int, onion: str, path: str) -> httpx.Response:
-    """GET, retrying while tor still learns the (re)published descriptor."""
-    deadline = time.monotonic() + ANSWER_WITHIN
+async def get_with_retries(socks_port: int, onion: str, path: str, *,
+                           within: float = 2 * ANSWER_WITHIN) -> httpx.Response:
+    """GET, retrying while tor still learns the (re)published descriptor. Short attempts: a
+    circuit that hangs (the service tor briefly losing part of its view of the network) is
+    abandoned and built again rather than waited for."""
+    deadline = time.monotonic() + within
     while True:
         try:
-            async with through_tor(socks_port, onion, ANSWER_WITHIN) as client:
-                return await client.get(path)
-        except (ProxyError, httpx.TransportError):
+            async with through_tor(socks_port, onion, ATTEMPT_WITHIN) as client:
+                return await asyncio.wait_for(client.get(path), ATTEMPT_WITHIN)
+        except (*SOCKS_FAILURES, TimeoutError):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(1)
@@ -74,6 +82,6 @@ async def refused(socks_port: int, onion: str, path: str) -> bool:
     try:
         async with through_tor(socks_port, onion, REFUSED_WITHIN) as client:
             await asyncio.wait_for(client.get(path), REFUSED_WITHIN)
-    except (ProxyError, httpx.TransportError, TimeoutError):
+    except (*SOCKS_FAILURES, TimeoutError):
         return True
     return False
