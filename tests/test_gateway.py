@@ -151,7 +151,7 @@ async def test_reply_must_be_openpgp_to_source_and_unit(
     r = await client.post(f"/api/v1/cases/{case_id}/replies", headers=auth(token), json={"armored": good})
     assert r.status_code == 201
     reply_id = (await r.get_json())["id"]
-    stored = await (await client.get(f"/api/v1/replies/{reply_id}", headers=auth(token))).get_data()
+    stored = await (await client.get(f"/api/v1/replies/{reply_id}", headers=auth(token))).get_data(as_text=False)
     assert gpg_decrypt(officer_gnupg, stored) == b"reply text"
 
 
@@ -278,7 +278,8 @@ async def test_document_batch_gives_exact_ciphertexts_with_one_audit_entry(
         assert r.status_code == 404
         assert "no such document" in (await r.get_json())["error"]
     # Malformed: empty, too many, out of range, not a list; no token.
-    for body in ({"ids": []}, {"ids": list(range(1, 102))}, {"ids": [0]}, {"ids": "1"}, {}):
+    bodies: list[dict[str, object]] = [{"ids": []}, {"ids": list(range(1, 102))}, {"ids": [0]}, {"ids": "1"}, {}]
+    for body in bodies:
         r = await client.post("/api/v1/documents/batch", headers=auth(token), json=body)
         assert r.status_code == 400, body
     r = await client.post("/api/v1/documents/batch", json={"ids": ids})
