@@ -67,6 +67,16 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True)
+class TorSettings:
+    """The deployment's own tor (``cpcp-onion run``)."""
+
+    # A torrc fragment the deployment's tor reads after CPCP's own lines: bridges on a censored
+    # network, a test network's DirAuthority lines. Plain "Option value" lines; the options CPCP
+    # sets itself (control port, DataDirectory, SOCKS, onion services) are refused there.
+    torrc_include: Path | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     database_url: str
@@ -82,6 +92,7 @@ class Settings:
     source: SourceSettings = field(default_factory=SourceSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     kdf: KdfSettings = field(default_factory=KdfSettings)
+    tor: TorSettings = field(default_factory=TorSettings)
 
     @property
     def store_dir(self) -> Path:
@@ -150,6 +161,7 @@ _SECTIONS: dict[str, Any] = {
     "SourceSettings": SourceSettings,
     "GatewaySettings": GatewaySettings,
     "KdfSettings": KdfSettings,
+    "TorSettings": TorSettings,
 }
 
 
@@ -209,6 +221,9 @@ def load_settings(
     for key in ("data_dir", "keys_dir", "deployment_file"):
         if values.get(key):
             values[key] = str((base / str(values[key])).resolve())
+    tor = values.get("tor")
+    if isinstance(tor, Mapping) and tor.get("torrc_include"):
+        values["tor"] = {**tor, "torrc_include": str(base / str(tor["torrc_include"]))}
     data_dir = Path(values["data_dir"])
     values.setdefault("database_url", f"sqlite+aiosqlite:///{data_dir / 'cpcp.sqlite'}")
     values.setdefault("keys_dir", str(data_dir / "keys"))
@@ -234,4 +249,16 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("kdf settings are too weak (memory_kib >= 8192, time_cost >= 1)")
     if settings.source.login_concurrency < 1 or settings.source.login_failures_per_minute < 1:
         raise ConfigError("source login_concurrency and login_failures_per_minute must be >= 1")
+    include = settings.tor.torrc_include
+    if include is not None:
+        # Checked here so that a typo stops every program at start-up, not tor much later.
+        if not include.exists():
+            raise ConfigError(f"tor.torrc_include: {include} does not exist")
+        if not include.is_file():
+            raise ConfigError(f"tor.torrc_include: {include} is not a regular file")
+        try:
+            with include.open("rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"tor.torrc_include: cannot read {include}: {exc.strerror}") from exc
     return settings

@@ -5,19 +5,24 @@
   cpcp-onion add-client NAME        authorize an officer workstation; prints what its tor needs
   cpcp-onion revoke-client NAME     remove a workstation's key (its open circuits are closed)
   cpcp-onion list-clients           the authorized workstations
-  cpcp-onion status                 tor, the onion addresses, what is published (exit 0: all up)
+  cpcp-onion status                 tor, the onions, the apps behind them (exit 0: all up)
 
-The admin commands act on the running tor when there is one (the deployment's own, found
+``run`` prints both addresses as soon as tor has the keys, before the onions are reachable; on
+stderr it says when they are published. When tor cannot get there within --timeout (offline,
+Tor blocked) it says so on stderr, keeps tor running and keeps trying: a service does not give
+up. The admin commands act on the running tor when there is one (the deployment's own, found
 through <data_dir>/tor/control-port, or --control-port), and otherwise only on disk.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -26,9 +31,9 @@ from cpcp.settings import load_settings
 
 from .clients import workstation_instructions
 from .deployment import OnionDeployment
-from .errors import OnionError, TorNotRunning
-from .services import OFFICER, SOURCE, OnionPublisher, Publication
-from .tor import SECONDS, Tor
+from .errors import OnionError, TorFailed, TorNotRunning
+from .services import OFFICER, SOURCE, OnionPublisher, OnionService, Publication
+from .tor import LOOPBACK, SECONDS, Tor, UploadWatch
 
 PROG = "cpcp-onion"
 
@@ -52,31 +57,91 @@ def _print_addresses(dep: OnionDeployment, result: Publication) -> None:
 
 
 def cmd_run(dep: OnionDeployment, args: argparse.Namespace) -> int:
-    attached = args.control_port is not None or args.control_socket is not None
-    if attached:
-        tor = _attach(dep, args)
-    else:
-        tor = Tor.launch(data_dir=dep.tor_dir, options=dep.tor_options(), name="cpcp-tor")
+    if args.control_port is None and args.control_socket is None:
+        return _serve(dep, args)
+    with _attach(dep, args) as tor:  # a one-shot publication: give up after --timeout
+        print(f"{PROG}: tor {tor.version} (attached)", file=sys.stderr, flush=True)
+        OnionPublisher(tor=tor, layout=dep.layout).publish(
+            dep.services, timeout=args.timeout, on_addresses=lambda r: _print_addresses(dep, r))
+        print(f"{PROG}: both onions published", file=sys.stderr, flush=True)
+    return 0
+
+
+def _serve(dep: OnionDeployment, args: argparse.Namespace) -> int:
+    """Our own tor: publish, then stay up until SIGINT/SIGTERM or until tor dies."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    with tor:
-        print(f"{PROG}: tor {tor.version} ({'attached' if attached else f'pid {tor.pid}'})",
+    # Before tor starts, so a stop during start-up still ends in tor.close().
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    options = dep.tor_options()
+    started = time.monotonic()
+    with Tor.launch(data_dir=dep.tor_dir, options=options, name="cpcp-tor") as tor, \
+            tor.descriptor_uploads() as uploads:  # subscribed before the onions are set
+        print(f"{PROG}: tor {tor.version} (pid {tor.pid}), log {dep.log_file}",
               file=sys.stderr, flush=True)
-        OnionPublisher(tor=tor, layout=dep.layout).publish(
-            dep.services, timeout=args.timeout, on_addresses=lambda r: _print_addresses(dep, r))
-        print(f"{PROG}: both onions published", file=sys.stderr, flush=True)
-        if attached:
-            return 0
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, on_signal)
+        result = OnionPublisher(tor=tor, layout=dep.layout).publish(
+            dep.services, timeout=None, on_addresses=lambda r: _print_addresses(dep, r))
+        if not _wait_published(dep, tor, uploads, result, started=started,
+                               warn_every=args.timeout, stop=stop):
+            return 0 if stop.is_set() else 1
         while not stop.wait(1.0):
             if not tor.running:
-                print(f"{PROG}: tor exited", file=sys.stderr)
+                print(f"{PROG}: tor exited; the onions are down (see {dep.log_file})",
+                      file=sys.stderr, flush=True)
                 return 1
     return 0
+
+
+def _wait_published(dep: OnionDeployment, tor: Tor, uploads: UploadWatch, result: Publication, *,
+                    started: float, warn_every: float, stop: threading.Event) -> bool:
+    """Wait until every onion's descriptor reached an HSDir, saying on stderr when tor is
+    bootstrapped and, after ``warn_every`` seconds without publication (then twice as long each
+    time), why not yet.
+
+    False if stopped first or tor died. Never gives up on its own: a machine that is offline or
+    where Tor is blocked may get there later, and the apps on loopback work meanwhile.
+    """
+    targets = {address.removesuffix(".onion") for address in result.addresses.values()}
+    interval = warn_every
+    next_warning = started + interval
+    bootstrapped = False
+    while not stop.is_set():
+        if not tor.running:
+            print(f"{PROG}: tor exited before the onions were published (see {dep.log_file})",
+                  file=sys.stderr, flush=True)
+            return False
+        if not bootstrapped:
+            progress, summary = tor.bootstrap_progress()
+            if progress >= 100:
+                bootstrapped = True
+                print(f"{PROG}: tor bootstrapped in {time.monotonic() - started:.1f}s",
+                      file=sys.stderr, flush=True)
+        try:
+            uploads.wait(targets, timeout=1.0)
+        except TorFailed:
+            pass  # not yet
+        else:
+            print(f"{PROG}: both onions published ({time.monotonic() - started:.1f}s after tor "
+                  f"started); they are reachable", file=sys.stderr, flush=True)
+            return True
+        if time.monotonic() >= next_warning:
+            waited = time.monotonic() - started
+            if bootstrapped:
+                why = f"tor is bootstrapped but has not published them after {waited:.0f}s."
+            else:
+                why = (f"tor is not bootstrapped after {waited:.0f}s (at {progress}%: {summary}). "
+                       "Is this machine offline, or Tor blocked here "
+                       "(bridges: [tor] torrc_include)?")
+            print(f"{PROG}: the onions are NOT reachable yet: {why} Still trying; tor's log: "
+                  f"{dep.log_file}", file=sys.stderr, flush=True)
+            # Then less and less often (up to hourly), so a long outage does not flood the log.
+            interval = min(interval * 2, max(warn_every, 3600 * SECONDS))
+            next_warning = time.monotonic() + interval
+    return False
 
 
 def _apply(dep: OnionDeployment, args: argparse.Namespace) -> None:
@@ -114,9 +179,33 @@ def cmd_list_clients(dep: OnionDeployment, args: argparse.Namespace) -> int:
     return 0
 
 
+def http_answer(port: int, timeout: float = 5 * SECONDS) -> tuple[bool, str]:
+    """Whether the app on 127.0.0.1:``port`` answers HTTP (any status below 500), and how."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        conn.request("GET", "/")
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return False, f"does not answer ({why or type(exc).__name__})"
+    finally:
+        conn.close()
+    return status < 500, f"answers (HTTP {status})"
+
+
+#: The app behind each onion, as status names it.
+APP_NAMES = {SOURCE: "source app", OFFICER: "gateway"}
+
+
 def cmd_status(dep: OnionDeployment, args: argparse.Namespace) -> int:
-    up = True
+    """tor, each onion, the app behind each; exit 0 only if all are up.
+
+    "published" is what tor can tell: it serves the onion and is bootstrapped (it uploads the
+    descriptor within moments; ``run`` says when it has). Each app must answer HTTP on the
+    loopback port its onion forwards to.
+    """
     served: set[str] = set()
+    progress = 0
     try:
         with _attach(dep, args) as tor:
             progress, summary = tor.bootstrap_progress()
@@ -124,20 +213,43 @@ def cmd_status(dep: OnionDeployment, args: argparse.Namespace) -> int:
             print(f"tor: {tor.version}, bootstrapped {progress}% ({summary}); "
                   f"proof-of-work defences {'available' if pow_ok else 'not available'}")
             served = set(OnionPublisher(tor=tor, layout=dep.layout).published())
-            up = progress >= 100
     except TorNotRunning as exc:
         print(f"tor: not running ({exc})")
-        up = False
+    up = progress >= 100
     for service in dep.services:
         address = dep.layout.address(service.name)
-        state = "published" if service.name in served else "NOT published"
+        if service.name not in served:
+            state = "NOT published"
+        elif progress < 100:
+            state = "NOT reachable yet (tor is not bootstrapped)"
+        else:
+            state = "published"
         extra = ""
         if service.client_auth:
             extra = f", {len(dep.layout.clients(service.name).names())} workstation(s)"
         print(f"{service.name} onion: {address or '(no key yet)'} -> 127.0.0.1:{service.target_port}, "
               f"{state}{extra}")
-        up = up and service.name in served
+        up = up and state == "published"
+    for service in dep.services:
+        up = _app_status(service) and up
     return 0 if up else 1
+
+
+def _app_status(service: OnionService) -> bool:
+    answers, how = http_answer(service.target_port)
+    name = APP_NAMES.get(service.name, service.name)
+    print(f"{name}: http://{LOOPBACK}:{service.target_port}/ {how}")
+    return answers
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--control-port", type=int, help="a running tor's loopback control port")
     where.add_argument("--control-socket", type=Path, help="a running tor's control socket")
-    parser.add_argument("--timeout", type=float, default=300 * SECONDS,
-                        help="seconds to wait for bootstrap and publication (default 300)")
+    parser.add_argument("--timeout", type=_seconds, default=300 * SECONDS,
+                        help="seconds to wait for bootstrap and publication (default 300); 'run' "
+                             "on its own tor then says so and keeps trying, the others give up")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="publish both onions (on our own tor unless --control-port)")
     add = sub.add_parser("add-client", help="authorize an officer workstation")

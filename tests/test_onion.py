@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import re
 import stat
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
 import pytest
 
+from cpcp.errors import ConfigError
+from cpcp.settings import load_settings
 from onion import _x25519
+from onion.cli import _wait_published, http_answer
 from onion.cli import main as onion_main
 from onion.clients import (
     SEAL_NAME,
@@ -20,6 +27,7 @@ from onion.clients import (
     generate_key_pair,
     workstation_instructions,
 )
+from onion.deployment import OnionDeployment, parse_torrc_fragment
 from onion.errors import BadClientName, OnionError, TorFailed, UnknownClient, UnsafeKeyFile
 from onion.services import (
     KEY_FILE,
@@ -29,10 +37,11 @@ from onion.services import (
     OnionLayout,
     OnionPublisher,
     OnionService,
+    Publication,
     cpcp_services,
     service_lines,
 )
-from onion.testnet import AUTHORITY_TIMING, AUTHORITY_VOTES, Authority
+from onion.testnet import AUTHORITY_TIMING, AUTHORITY_VOTES, Authority, free_port
 from onion.tor import OptionLine, Tor, TorControl, UploadWatch, render_torrc, server_options
 
 from .conftest import write_deployment
@@ -349,3 +358,185 @@ def test_cli_manages_clients_when_tor_is_not_running(tmp_path: Path, capsys: pyt
     assert onion_main(["--config", str(config), "revoke-client", "desk-1"]) == 2
     assert onion_main(["--config", str(config), "add-client", "../x"]) == 2
     capsys.readouterr()
+
+
+# --- [tor] torrc_include, cpcp-onion run's waiting, status of the apps ---------------------------
+
+KNOWN = frozenset({"TestingTorNetwork", "DirAuthority", "UseDefaultFallbackDirs", "UseBridges",
+                   "Bridge", "Log", "ControlPort", "ControlPortWriteToFile", "SocksPort",
+                   "HiddenServiceDir", "DataDirectory", "CookieAuthentication", "MetricsPort",
+                   "__OwningControllerProcess"})
+
+
+def test_a_torrc_fragment_becomes_options_under_their_canonical_names() -> None:
+    text = ("# a test network\n\nTestingTorNetwork 1\n"
+            "dirauthority a orport=1 no-v2 v3ident=AB 127.0.0.1:2 CD   # first\n"
+            "DirAuthority\tb orport=3 no-v2 v3ident=EF 127.0.0.1:4 GH\n"
+            "UseBridges 1\n")
+    assert parse_torrc_fragment(text, where="f", known=KNOWN) == [
+        ("TestingTorNetwork", "1"),
+        ("DirAuthority", "a orport=1 no-v2 v3ident=AB 127.0.0.1:2 CD"),
+        ("DirAuthority", "b orport=3 no-v2 v3ident=EF 127.0.0.1:4 GH"),
+        ("UseBridges", "1"),
+    ]
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("ControlPort 0.0.0.0:9051", "ControlPort is CPCP's to set"),
+    ("controlport 9051", "ControlPort is CPCP's to set"),  # tor's names ignore case
+    ("ControlP 9051", "this tor has no option 'ControlP'"),  # tor would take the abbreviation
+    ("ControlPortWriteToFile /tmp/x", "ControlPortWriteToFile is CPCP's"),
+    ("CookieAuthentication 0", "CookieAuthentication is CPCP's"),
+    ("SocksPort 0.0.0.0:9050", "SocksPort is CPCP's"),
+    ("MetricsPort 0.0.0.0:9035", "MetricsPort is CPCP's"),
+    ("HiddenServiceDir /tmp/evil", "HiddenServiceDir is CPCP's"),
+    ("DataDirectory /tmp", "DataDirectory is CPCP's"),
+    ("__OwningControllerProcess 1", "__OwningControllerProcess is CPCP's"),
+    ("%include /etc/tor/torrc.d", "only plain 'Option value' lines"),
+    ("Bridge obfs4 1.2.3.4:443 \\", "only plain 'Option value' lines"),
+    ('Bridge "1.2.3.4:443"', "unsafe value"),
+    ("UseBridges", "UseBridges has no value"),
+    ("NoSuchOption 1", "this tor has no option 'NoSuchOption'"),
+])
+def test_a_torrc_fragment_cannot_take_over_what_cpcp_sets(line: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"bridges.torrc:2: {message}")):
+        parse_torrc_fragment(f"UseBridges 1\n{line}\n", where="bridges.torrc", known=KNOWN)
+
+
+def test_deployment_tor_reads_the_fragment_after_its_own_lines(tmp_path: Path) -> None:
+    fragment = tmp_path / "testnet.torrc"
+    fragment.write_text("TestingTorNetwork 1\nLog info file /tmp/t.log\n")
+    config = write_deployment(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cpcp.sqlite'}")
+    settings = load_settings(config, env={"CPCP_TOR__TORRC_INCLUDE": str(fragment)})
+    dep = OnionDeployment.from_settings(settings)
+    options = dep.tor_options(known=lambda: KNOWN)
+    own = server_options(dep.tor_dir, log_file=dep.log_file)
+    assert list(options)[:len(own)] == list(own)  # CPCP's lines first, unchanged
+    assert options["TestingTorNetwork"] == ["1"]
+    assert options["Log"] == [f"notice file {dep.log_file}", "info file /tmp/t.log"]
+    render_torrc(options)
+    fragment.write_text("ControlPort 9051\n")
+    with pytest.raises(ConfigError, match="ControlPort is CPCP's"):
+        dep.tor_options(known=lambda: KNOWN)
+    assert OnionDeployment.from_settings(load_settings(config, env={})).tor_options(
+        known=lambda: frozenset()) == {k: [v] if isinstance(v, str) else v for k, v in own.items()}
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "soon"])
+def test_cli_refuses_a_timeout_that_is_not_a_positive_number(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        onion_main(["--timeout", value, "status"])
+    assert exited.value.code == 2
+    assert "not a positive number of seconds" in capsys.readouterr().err
+
+
+class StandInTor:
+    """What run's waiting asks of tor: is it running, how far is its bootstrap."""
+
+    def __init__(self, progress: int, *, running: bool = True) -> None:
+        self.progress, self.running = progress, running
+
+    def bootstrap_progress(self) -> tuple[int, str]:
+        return self.progress, "Done" if self.progress >= 100 else "Connecting to a relay"
+
+
+class StandInUploads:
+    def __init__(self, published: bool) -> None:
+        self.published = published
+
+    def wait(self, addresses: set[str], timeout: float) -> None:
+        if not self.published:
+            time.sleep(min(timeout, 0.01))
+            raise TorFailed("not yet")
+
+
+def standin_deployment(tmp_path: Path) -> OnionDeployment:
+    return OnionDeployment(data_dir=tmp_path, tor_dir=tmp_path / "tor",
+                           log_file=tmp_path / "tor.log", layout=OnionLayout(tmp_path / "onion"),
+                           services=())
+
+
+def test_run_keeps_trying_and_says_why_when_tor_does_not_bootstrap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stop = threading.Event()
+    timer = threading.Timer(0.5, stop.set)
+    timer.start()
+    result = Publication(addresses={SOURCE: "s" * 56 + ".onion"})
+    done = _wait_published(standin_deployment(tmp_path), StandInTor(5), StandInUploads(False),
+                           result, started=time.monotonic(), warn_every=0.1, stop=stop)
+    timer.join()
+    assert done is False  # stopped, not given up: it was still trying
+    warnings = capsys.readouterr().err.splitlines()
+    assert 1 <= len(warnings) <= 3, warnings  # at 0.1 s, then 0.2 s later, then 0.4 s later
+    assert warnings[0].startswith("cpcp-onion: the onions are NOT reachable yet: tor is not "
+                                  "bootstrapped after 0s (at 5%: Connecting to a relay).")
+    assert "Still trying" in warnings[0] and str(tmp_path / "tor.log") in warnings[0]
+
+
+def test_run_says_when_tor_is_bootstrapped_and_the_onions_published(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = Publication(addresses={SOURCE: "s" * 56 + ".onion"})
+    assert _wait_published(standin_deployment(tmp_path), StandInTor(100), StandInUploads(True),
+                           result, started=time.monotonic(), warn_every=60, stop=threading.Event())
+    err = capsys.readouterr().err
+    assert "cpcp-onion: tor bootstrapped in" in err and "cpcp-onion: both onions published" in err
+    assert not _wait_published(standin_deployment(tmp_path), StandInTor(5, running=False),
+                               StandInUploads(False), result, started=time.monotonic(),
+                               warn_every=60, stop=threading.Event())
+    assert "tor exited before the onions were published" in capsys.readouterr().err
+
+
+class Answering(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def app_on(port: int, status: int) -> Iterator[None]:
+    handler = type("Handler", (Answering,), {"status": status})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            server.shutdown()
+            thread.join()
+
+
+def test_http_answer_tells_up_from_down() -> None:
+    port = free_port()
+    assert http_answer(port) == (False, "does not answer (Connection refused)")
+    with app_on(port, 303):
+        assert http_answer(port) == (True, "answers (HTTP 303)")
+    with app_on(port, 503):
+        assert http_answer(port) == (False, "answers (HTTP 503)")
+
+
+def test_status_checks_the_apps_behind_the_onions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_deployment(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cpcp.sqlite'}")
+    source, gateway = free_port(), free_port()
+    monkeypatch.setenv("CPCP_SOURCE__PORT", str(source))
+    monkeypatch.setenv("CPCP_GATEWAY__PORT", str(gateway))
+    with app_on(source, 200):
+        assert onion_main(["--config", str(config), "status"]) == 1  # no tor, no gateway
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("tor: not running")
+    assert out[1] == f"source onion: (no key yet) -> 127.0.0.1:{source}, NOT published"
+    assert out[2] == (f"officer onion: (no key yet) -> 127.0.0.1:{gateway}, NOT published, "
+                      "0 workstation(s)")
+    assert out[3:] == [f"source app: http://127.0.0.1:{source}/ answers (HTTP 200)",
+                       f"gateway: http://127.0.0.1:{gateway}/ does not answer (Connection refused)"]

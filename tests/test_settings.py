@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,52 @@ def test_bad_settings_fail_closed_with_a_clear_message(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(write(tmp_path, body), env=env)
+
+
+# --- [tor] --------------------------------------------------------------------------------------
+
+BASE = f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n'
+
+
+def test_torrc_include_is_taken_relative_to_the_file_and_the_environment_overrides_it(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(write(tmp_path, BASE), env={}).tor.torrc_include is None
+    (tmp_path / "bridges.torrc").write_text("UseBridges 1\n")
+    cfg = write(tmp_path, BASE + '[tor]\ntorrc_include = "bridges.torrc"\n')
+    assert load_settings(cfg, env={}).tor.torrc_include == tmp_path / "bridges.torrc"
+    other = tmp_path / "testnet.torrc"
+    other.write_text("TestingTorNetwork 1\n")
+    env = {"CPCP_TOR__TORRC_INCLUDE": str(other)}
+    assert load_settings(cfg, env=env).tor.torrc_include == other
+    assert load_settings(cfg, env={"CPCP_TOR__TORRC_INCLUDE": ""}).tor.torrc_include is None
+
+
+@pytest.mark.parametrize(
+    ("tor", "env", "message"),
+    [
+        ('torrc_include = "missing.torrc"\n', {}, r"tor.torrc_include: .*missing.torrc does not"),
+        ("", {"CPCP_TOR__TORRC_INCLUDE": "/nonexistent/x.torrc"}, "/nonexistent/x.torrc does not"),
+        ('torrc_include = "."\n', {}, "is not a regular file"),
+        ('torrc_incl = "x"\n', {}, "unknown setting.*tor.torrc_incl"),
+    ],
+)
+def test_bad_tor_settings_fail_closed_with_a_clear_message(
+    tmp_path: Path, tor: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, BASE + "[tor]\n" + tor), env=env)
+
+
+def test_tor_must_be_a_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'tor' must be a table"):
+        load_settings(write(tmp_path, 'tor = "x"\n' + BASE), env={})
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_torrc_include_is_refused(tmp_path: Path) -> None:
+    fragment = tmp_path / "secret.torrc"
+    fragment.write_text("UseBridges 1\n")
+    fragment.chmod(0)
+    with pytest.raises(ConfigError, match="cannot read .*secret.torrc: Permission denied"):
+        load_settings(write(tmp_path, BASE + '[tor]\ntorrc_include = "secret.torrc"\n'), env={})
