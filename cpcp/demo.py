@@ -110,7 +110,8 @@ def _enrol_demo_officer(settings: Settings, path: Path) -> None:
 
     secret = asyncio.run(enrol())
     path.write_text(
-        "DEMO ONLY. Log in to the desk (http://127.0.0.1:8090/) as:\n"
+        "DEMO ONLY. Log in to the desk (the address scripts/run prints; by default\n"
+        "http://127.0.0.1:8090/, the port in desk.toml) as:\n"
         f"  handle:     {handle}\n  passphrase: {passphrase}\n"
         f"  TOTP secret (add it to an authenticator app): {secret}\n"
         f"  otpauth URI: {provisioning_uri(secret, handle)}\n"
