@@ -100,6 +100,18 @@ async def send(client: httpx.AsyncClient, parts: list[object], page: str = "/sub
     return await client.post("/submit", content=body, headers={"Content-Type": ctype})
 
 
+async def desk_login_and_sync(desk: httpx.AsyncClient, handle: str, passphrase: str, code: str) -> str:
+    """At a running desk, as an officer's browser: log in, press sync; the inbox page after."""
+    page = (await desk.get("/login")).text
+    r = await desk.post("/login", data={"csrf_token": csrf(page), "handle": handle,
+                                        "passphrase": passphrase, "code": code})
+    assert r.status_code == 303, r.text
+    inbox = await desk.get("/inbox")
+    r = await desk.post("/sync", data={"csrf_token": csrf(inbox.text)})
+    assert r.status_code == 303
+    return (await desk.get("/inbox")).text
+
+
 def files_containing(roots: list[Path], needles: list[bytes]) -> list[str]:
     hits = []
     for root in roots:

@@ -25,7 +25,16 @@ from cpcp.services import CoreServices
 
 from .conftest import FPR, Deployment, gpg_decrypt
 from .helpers import csrf
-from .servers import AGENT, Server, begin, files_containing, send, start_desk, start_server
+from .servers import (
+    AGENT,
+    Server,
+    begin,
+    desk_login_and_sync,
+    files_containing,
+    send,
+    start_desk,
+    start_server,
+)
 from .test_desk import code, jpeg_with_gps
 from .test_gateway import PASSPHRASE
 
@@ -61,16 +70,9 @@ async def test_source_tip_desk_reply_and_status_back_to_the_source(
     # 2. The officer at the desk: log in, sync, open the case, look at the photo's metadata.
     reply_canary = f"REPLY-{secrets.token_hex(8)}"
     async with httpx.AsyncClient(base_url=desk_srv.url, timeout=60) as desk:
-        page = (await desk.get("/login")).text
-        r = await desk.post("/login", data={"csrf_token": csrf(page), "handle": "officer-a",
-                                            "passphrase": PASSPHRASE, "code": code(totp)})
-        assert r.status_code == 303, r.text
-        inbox = await desk.get("/inbox")
-        r = await desk.post("/sync", data={"csrf_token": csrf(inbox.text)})
-        assert r.status_code == 303
-        inbox = await desk.get("/inbox")
-        assert "Synced 1 cases: 2 new objects downloaded" in inbox.text and "अवैध शराब" in inbox.text
-        match = re.search(r'href="/cases/(\d+)"', inbox.text)
+        inbox = await desk_login_and_sync(desk, "officer-a", PASSPHRASE, code(totp))
+        assert "Synced 1 cases: 2 new objects downloaded" in inbox and "अवैध शराब" in inbox
+        match = re.search(r'href="/cases/(\d+)"', inbox)
         assert match
         case_id = int(match.group(1))
         case_page = (await desk.get(f"/cases/{case_id}")).text

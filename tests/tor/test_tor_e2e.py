@@ -30,7 +30,7 @@ from onion.tor import Tor, read_control_port, server_options
 
 from ..conftest import Deployment, gpg_decrypt
 from ..helpers import codename_of, csrf
-from ..servers import Server, begin, send, start_desk
+from ..servers import Server, begin, desk_login_and_sync, send, start_desk
 from ..test_desk import code
 from ..test_gateway import PASSPHRASE
 from .tornet import ANSWER_WITHIN, get_with_retries, layout_of, publish, refused, through_tor
@@ -188,16 +188,9 @@ async def test_desk_syncs_decrypts_and_replies_through_the_officer_onion(
                           socks_proxy=f"socks5h://127.0.0.1:{desk_socks}")
     try:
         async with httpx.AsyncClient(base_url=desk_srv.url, timeout=ANSWER_WITHIN) as desk:
-            page = (await desk.get("/login")).text
-            r = await desk.post("/login", data={"csrf_token": csrf(page), "handle": "officer-a",
-                                                "passphrase": PASSPHRASE, "code": code(totp)})
-            assert r.status_code == 303, r.text
-            inbox = await desk.get("/inbox")
-            r = await desk.post("/sync", data={"csrf_token": csrf(inbox.text)})
-            assert r.status_code == 303
-            inbox = await desk.get("/inbox")
-            assert "संदिग्ध वाहन" in inbox.text, inbox.text
-            case_ids = re.findall(r'href="/cases/(\d+)"', inbox.text)
+            inbox = await desk_login_and_sync(desk, "officer-a", PASSPHRASE, code(totp))
+            assert "संदिग्ध वाहन" in inbox, inbox
+            case_ids = re.findall(r'href="/cases/(\d+)"', inbox)
             case_page = ""
             for case_id in case_ids:  # other tests of this module sent tips too
                 case_page = (await desk.get(f"/cases/{case_id}")).text
