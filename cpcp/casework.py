@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .audit import AuditLog
-from .errors import CPCPError, NotFound
+from .errors import CPCPError, NotFound, StoreError
 from .models import (
     Case,
     CasePriority,
@@ -39,7 +39,15 @@ class ReplyRejected(CPCPError):
 
 
 class BatchTooLarge(CPCPError):
-    """A document asked for in a batch is larger than a batch may carry."""
+    """A batch asks for a document, or for more bytes in all, than a batch may carry."""
+
+
+class DocumentsMissing(NotFound):
+    """Documents of a batch the officer cannot have: another unit's, unknown or gone."""
+
+    def __init__(self, missing: list[int]) -> None:
+        super().__init__(f"no such document: {', '.join(map(str, missing[:10]))}")
+        self.missing = missing
 
 
 @dataclass(frozen=True)
@@ -151,38 +159,45 @@ class Casework:
             return self._store.path(object_name)
 
     async def document_paths(self, officer: OfficerIdentity, document_ids: list[int], *,
-                             max_size: int) -> dict[int, Path]:
+                             max_size: int, max_total: int) -> dict[int, Path]:
         """Several documents at once, with one audit entry naming them all: a desk's first
         sync after a busy festival asks for thousands of small messages, and one audited
         commit per message bound it to ~120 a second (bench/desk_sync.py).
 
-        All or nothing: an id that is not the officer's to see, or whose object is gone, is a
-        :class:`NotFound`, one larger than ``max_size`` a :class:`BatchTooLarge`, and such a
-        batch is not recorded."""
+        All or nothing, and nothing recorded otherwise: ids that are not the officer's to see
+        or whose object is gone raise :class:`DocumentsMissing` naming them (each would be a
+        404 alone too); one larger than ``max_size``, or more than ``max_total`` bytes in all,
+        :class:`BatchTooLarge`."""
         ids = sorted(set(document_ids))
-        async with self._audit.transaction() as db:
+        async with self._sessions() as db:  # a read: the audit lock is taken only to record
             rows = (await db.execute(
                 select(Document.id, Document.object_name, Document.size, Case.id)
                 .join(Submission, Document.submission_id == Submission.id)
                 .join(Case, Submission.case_id == Case.id)
                 .where(Document.id.in_(ids), Case.unit_id.in_(officer.unit_ids))
             )).all()
-            found = {doc_id: (object_name, size, case_id) for doc_id, object_name, size, case_id in rows}
-            missing = [i for i in ids if i not in found]
-            if missing:
-                raise NotFound(f"no such document: {', '.join(map(str, missing[:10]))}")
-            too_large = [i for i in ids if found[i][1] > max_size]
-            if too_large:
-                raise BatchTooLarge(f"larger than {max_size} bytes, download alone: "
-                                    f"{', '.join(map(str, too_large[:10]))}")
-            paths = {i: self._store.path(found[i][0]) for i in ids}
-            lost = await asyncio.to_thread(lambda: [i for i, path in paths.items() if not path.exists()])
-            if lost:
-                raise NotFound(f"gone from the store: {', '.join(map(str, lost[:10]))}")
+        found = {doc_id: (object_name, size, case_id) for doc_id, object_name, size, case_id in rows}
+        too_large = [i for i in ids if i in found and found[i][1] > max_size]
+        if too_large:
+            raise BatchTooLarge(f"larger than {max_size} bytes, download alone: "
+                                f"{', '.join(map(str, too_large[:10]))}")
+        if sum(size for _, size, _ in found.values()) > max_total:
+            raise BatchTooLarge(f"more than {max_total} bytes in one batch")
+        paths: dict[int, Path] = {}
+        for doc_id, (object_name, _, _) in found.items():
+            try:
+                paths[doc_id] = self._store.path(object_name)
+            except StoreError:
+                continue  # a damaged name: missing, as its single download would be
+        present = await asyncio.to_thread(lambda: {i for i, path in paths.items() if path.exists()})
+        missing = [i for i in ids if i not in present]
+        if missing:
+            raise DocumentsMissing(missing)
+        async with self._audit.transaction() as db:
             await self._audit.record(db, officer_id=officer.id, action="download_documents",
                                      cases=sorted({case_id for _, _, case_id in found.values()}),
                                      documents=ids)
-            return paths
+        return paths
 
     async def reply_path(self, officer: OfficerIdentity, reply_id: int) -> Path:
         async with self._sessions() as db:

@@ -377,6 +377,23 @@ async def test_sync_is_incremental_and_resumes_after_an_interrupted_download(
         await client.aclose()
 
 
+def test_desk_and_gateway_agree_on_the_batch_limits() -> None:
+    """The desk carries its own copy (it imports nothing of the server)."""
+    from journalist_app.desk import client as desk_client
+    from journalist_app.gateway import schemas
+
+    for name in ("BATCH_MAX_IDS", "BATCH_MAX_OBJECT", "BATCH_MAX_BYTES"):
+        assert getattr(desk_client, name) == getattr(schemas, name), name
+
+
+def test_batches_are_cut_by_count_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_module, "BATCH_MAX_IDS", 3)
+    monkeypatch.setattr(cache_module, "BATCH_MAX_BYTES", 100)
+    docs = [(1, 10), (2, 10), (3, 10), (4, 10), (5, 60), (6, 50), (7, 100)]
+    assert cache_module._batches(docs) == [[(1, 10), (2, 10), (3, 10)], [(4, 10), (5, 60)], [(6, 50)], [(7, 100)]]
+    assert cache_module._batches([]) == []
+
+
 async def test_sync_fetches_small_messages_in_batches_and_falls_back_one_by_one(
     core: CoreServices, gateway_server: Server, totp: pyotp.TOTP, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -399,10 +416,10 @@ async def test_sync_fetches_small_messages_in_batches_and_falls_back_one_by_one(
         assert (report.cases, report.downloaded, report.unavailable) == (5, 5, 1)
         batches = [p for p in flaky.documents if p.endswith("/batch")]
         singles = sorted(int(p.rsplit("/", 1)[1]) for p in flaky.documents if not p.endswith("/batch"))
-        assert len(batches) == 3
+        assert len(batches) == 4  # [gone, gone+1] refused naming gone, then [gone+1]; 2 more
         video = next(i for i, d in docs.items() if d.role == DocumentRole.FILE)
         assert docs[video].size > 256 * 1024
-        assert singles == sorted([gone, gone + 1, video])  # the refused batch, then the large file
+        assert singles == sorted([gone, video])  # the gone one (to count it), the large file
         for doc_id, doc in docs.items():
             if doc_id != gone:
                 assert cache.document_path(doc_id).read_bytes() == core.store.read(doc.object_name)
@@ -416,7 +433,7 @@ async def test_sync_fetches_small_messages_in_batches_and_falls_back_one_by_one(
         await client.aclose()
     async with core.sessions() as db:
         actions = [e.action for e in (await db.scalars(select(AuditEntry))).all()]
-    assert actions.count("download_documents") == 2  # the refused batch recorded nothing
+    assert actions.count("download_documents") == 3  # refused batches recorded nothing
 
 
 # -- the web app ------------------------------------------------------------------------------

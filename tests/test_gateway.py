@@ -273,10 +273,11 @@ async def test_document_batch_gives_exact_ciphertexts_with_one_audit_entry(
 
     # Another unit's document, or one that does not exist: 404 for the whole batch, nothing logged.
     before = len(await audit_rows())
-    for bad in ([*ids, other], [ids[0], 2**31 - 1]):
+    for bad, missing in (([*ids, other], [other]), ([ids[0], 2**31 - 1], [2**31 - 1])):
         r = await client.post("/api/v1/documents/batch", headers=auth(token), json={"ids": bad})
         assert r.status_code == 404
-        assert "no such document" in (await r.get_json())["error"]
+        answer = await r.get_json()
+        assert "no such document" in answer["error"] and answer["missing"] == missing
     # Malformed: empty, too many, out of range, not a list; no token.
     bodies: list[dict[str, object]] = [{"ids": []}, {"ids": list(range(1, 102))}, {"ids": [0]}, {"ids": "1"}, {}]
     for body in bodies:
@@ -309,3 +310,22 @@ async def test_document_batch_refuses_a_large_file(gateway: Quart, core: CoreSer
     assert str(docs["file"]["id"]) in (await r.get_json())["error"]
     r = await client.post("/api/v1/documents/batch", headers=auth(token), json={"ids": [docs["message"]["id"]]})
     assert r.status_code == 200
+
+
+async def test_document_batch_is_bounded_in_bytes(gateway: Quart, core: CoreServices) -> None:
+    """What one batch may carry in all (the gateway holds it in memory), checked where the
+    limit is applied; the endpoint passes its 4 MiB."""
+    from cpcp.casework import BatchTooLarge
+
+    await make_case(core, "ps-sadar-bazar")
+    await make_case(core, "ps-sadar-bazar")
+    await enrol(core, "officer-a")
+    officer = await core.officer_auth.identity("officer-a")
+    assert officer is not None
+    async with core.sessions() as db:
+        docs = {d.id: d.size for d in (await db.scalars(select(Document))).all()}
+    total = sum(docs.values())
+    paths = await core.casework.document_paths(officer, list(docs), max_size=total, max_total=total)
+    assert set(paths) == set(docs)
+    with pytest.raises(BatchTooLarge, match="bytes in one batch"):
+        await core.casework.document_paths(officer, list(docs), max_size=total, max_total=total - 1)

@@ -24,8 +24,8 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from ._fs import in_thread_to_the_end, write_new
-from .client import BATCH_MAX_IDS, BATCH_MAX_OBJECT, GatewayClient
-from .errors import GatewayError, NotCached, NotFound
+from .client import BATCH_MAX_BYTES, BATCH_MAX_IDS, BATCH_MAX_OBJECT, GatewayClient
+from .errors import DocumentsMissing, GatewayError, NotCached, NotFound
 from .wire import Case, Unit
 
 _UNITS = TypeAdapter(list[Unit])
@@ -207,8 +207,7 @@ class Cache:
                     return await self._fetch_batch(client, batch)
 
             async with asyncio.TaskGroup() as group:  # the first error cancels the rest
-                batches = [group.create_task(fetch_batch(small[i:i + BATCH_MAX_IDS]))
-                           for i in range(0, len(small), BATCH_MAX_IDS)]
+                batches = [group.create_task(fetch_batch(batch)) for batch in _batches(small)]
             batched = sum(t.result() for t in batches)
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(fetch(case)) for case in seen]
@@ -220,20 +219,28 @@ class Cache:
                               unavailable=unavailable, removed=removed)
 
     async def _fetch_batch(self, client: GatewayClient, batch: list[tuple[int, int]]) -> int:
-        """One batch into the cache; returns how many landed. A batch the gateway refuses
-        (one is gone, or larger than it says) is left to the one-by-one pass, which tells
-        which object is unavailable."""
-        try:
-            blobs = await client.document_batch([doc_id for doc_id, _ in batch])
-        except NotFound:
+        """One batch into the cache; returns how many landed. Documents the gateway says the
+        officer cannot have are left out and asked for again alone by the one-by-one pass,
+        which counts them unavailable; so is a batch refused as too large."""
+        ids = [doc_id for doc_id, _ in batch]
+        for _ in range(2):  # once more without the missing ones; a second refusal: one by one
+            try:
+                blobs = await client.document_batch(ids)
+                break
+            except DocumentsMissing as exc:
+                ids = [doc_id for doc_id in ids if doc_id not in set(exc.missing)]
+                if not exc.missing or not ids:
+                    return 0
+            except GatewayError as exc:
+                if exc.status == 413:
+                    return 0
+                raise
+        else:
             return 0
-        except GatewayError as exc:
-            if exc.status == 413:
-                return 0
-            raise
-        for doc_id, size in batch:
-            if len(blobs[doc_id]) != size:
-                raise GatewayError(f"document {doc_id}: {len(blobs[doc_id])} bytes, the case says {size}")
+        sizes = dict(batch)
+        for doc_id, blob in blobs.items():
+            if len(blob) != sizes[doc_id]:
+                raise GatewayError(f"document {doc_id}: {len(blob)} bytes, the case says {sizes[doc_id]}")
         await in_thread_to_the_end(self._store_documents, blobs)
         self._docs.update(blobs)
         return len(blobs)
@@ -260,3 +267,19 @@ class Cache:
         for path in [*(self.document_path(d) for d in docs), *(self.reply_path(r) for r in replies),
                      self.root / "cases" / f"{case_id}.json"]:
             path.unlink(missing_ok=True)
+
+
+def _batches(docs: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """(id, size) pairs in order, cut where a batch would pass the count or byte limit."""
+    batches: list[list[tuple[int, int]]] = []
+    current: list[tuple[int, int]] = []
+    total = 0
+    for doc in docs:
+        if current and (len(current) == BATCH_MAX_IDS or total + doc[1] > BATCH_MAX_BYTES):
+            batches.append(current)
+            current, total = [], 0
+        current.append(doc)
+        total += doc[1]
+    if current:
+        batches.append(current)
+    return batches

@@ -20,6 +20,7 @@ from python_socks import ProxyType
 from ._fs import in_thread_to_the_end, write_all
 from .errors import (
     AccountLocked,
+    DocumentsMissing,
     GatewayError,
     GatewayUnreachable,
     NotFound,
@@ -32,6 +33,7 @@ from .wire import (
     CaseChanges,
     CasePage,
     DocumentBatch,
+    DocumentsMissingAnswer,
     Key,
     Me,
     ReplyCreated,
@@ -45,6 +47,7 @@ CHUNK = 64 * 1024
 #: What one call of the gateway's batch endpoint may ask for (its OpenAPI document says so).
 BATCH_MAX_IDS = 100
 BATCH_MAX_OBJECT = 256 * 1024
+BATCH_MAX_BYTES = 4 * 1024 * 1024
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -91,13 +94,16 @@ class GatewayClient:
             raise Unauthorized("not logged in")
         return {"Authorization": f"Bearer {self._token}"}
 
-    async def _request(self, method: str, path: str, *, auth: bool = True, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, *, auth: bool = True,
+                       answered: frozenset[int] = frozenset(), **kwargs: Any) -> httpx.Response:
+        """The response; an error status raises, unless it is one the caller reads itself."""
         headers = self._headers() if auth else {}
         try:
             response = await self._http.request(method, API + path, headers=headers, **kwargs)
         except httpx.TransportError as exc:
             raise GatewayUnreachable(f"cannot reach the gateway ({type(exc).__name__})") from exc
-        _raise_for(response)
+        if response.status_code not in answered:
+            _raise_for(response)
         return response
 
     @staticmethod
@@ -169,8 +175,12 @@ class GatewayClient:
 
     async def document_batch(self, ids: list[int]) -> dict[int, bytes]:
         """Several small ciphertexts in one round trip (at most BATCH_MAX_IDS, each at most
-        BATCH_MAX_OBJECT bytes); 404 if any is gone, 413 if any is larger."""
-        response = await self._request("POST", "/documents/batch", json={"ids": ids})
+        BATCH_MAX_OBJECT bytes, BATCH_MAX_BYTES in all). DocumentsMissing names those the
+        officer cannot have; a 413 (too large) is a GatewayError."""
+        response = await self._request("POST", "/documents/batch", json={"ids": ids}, answered=frozenset({404}))
+        if response.status_code == 404:
+            answer = self._parse(DocumentsMissingAnswer, response)
+            raise DocumentsMissing(answer.error, missing=answer.missing)
         got = {doc.id: doc.ciphertext for doc in self._parse(DocumentBatch, response).documents}
         if set(got) != set(ids):
             raise GatewayError("the gateway's batch does not hold the documents asked for")

@@ -36,6 +36,14 @@ class NotFound(GatewayError):
     """No such case, document, reply or key (or not one of your units')."""
 
 
+class DocumentsMissing(NotFound):
+    """A batch named documents the officer cannot have (``missing``; empty if not said)."""
+
+    def __init__(self, message: str, *, missing: list[int]) -> None:
+        super().__init__(message, status=404)
+        self.missing = missing
+
+
 class Rejected(GatewayError):
     """The gateway refused the request's content (e.g. a reply it cannot accept)."""
 

@@ -108,6 +108,11 @@ class DocumentBatch(Wire):
     documents: list[Ciphertext]
 
 
+class DocumentsMissingAnswer(Wire):
+    error: str
+    missing: list[int]
+
+
 class CaseChanges(BaseModel):
     """A PATCH body; only the fields set are sent."""
 

@@ -17,13 +17,14 @@ from quart_schema import (
 )
 from werkzeug.exceptions import HTTPException
 
-from cpcp.casework import BatchTooLarge, CaseChanges, ReplyRejected
+from cpcp.casework import BatchTooLarge, CaseChanges, DocumentsMissing, ReplyRejected
 from cpcp.errors import CPCPError, NotFound, StoreError
 from cpcp.models import CasePriority, CaseStatus
 from cpcp.officers import AccountLocked, LoginFailed, OfficerIdentity
 from cpcp.services import CoreServices
 
 from .schemas import (
+    BATCH_MAX_BYTES,
     BATCH_MAX_OBJECT,
     AuditIn,
     CaseList,
@@ -33,6 +34,7 @@ from .schemas import (
     CiphertextOut,
     DocumentBatch,
     DocumentBatchIn,
+    DocumentsMissingOut,
     ErrorResponse,
     KeyOut,
     Me,
@@ -220,26 +222,33 @@ def install(app: Quart) -> None:
             return error(404, "no such document")
         return await _ciphertext(path)
 
+    # Batches are read and encoded whole in memory: two at a time bound what a flood of them
+    # (a stolen token, a desk gone wrong) can take, ~20 MB each.
+    batch_gate = asyncio.Semaphore(2)
+
     @app.post(f"{PREFIX}/documents/batch")
     @validate_request(DocumentBatchIn)
     @validate_response(DocumentBatch, 200)
-    @validate_response(ErrorResponse, 404)
+    @validate_response(DocumentsMissingOut, 404)
     @validate_response(ErrorResponse, 413)
     async def document_batch(data: DocumentBatchIn) -> Any:
         """Several small ciphertexts in one answer and one audit entry (a desk's sync)."""
         try:
-            paths = await core().casework.document_paths(officer(), data.ids, max_size=BATCH_MAX_OBJECT)
-        except NotFound as exc:
-            return ErrorResponse(error=str(exc)), 404
+            paths = await core().casework.document_paths(
+                officer(), data.ids, max_size=BATCH_MAX_OBJECT, max_total=BATCH_MAX_BYTES)
+        except DocumentsMissing as exc:
+            return DocumentsMissingOut(error=str(exc), missing=exc.missing), 404
         except BatchTooLarge as exc:
             return ErrorResponse(error=str(exc)), 413
-        try:
-            blobs = await asyncio.to_thread(lambda: {i: p.read_bytes() for i, p in paths.items()})
-        except OSError:  # removed between the check and the read: recorded, as a single one
-            return ErrorResponse(error="a document is gone from the store"), 404
-        return DocumentBatch(documents=[
-            CiphertextOut(id=i, ciphertext=base64.b64encode(blob).decode("ascii")) for i, blob in blobs.items()
-        ]), 200
+        async with batch_gate:
+            try:
+                blobs = await asyncio.to_thread(lambda: {i: p.read_bytes() for i, p in paths.items()})
+            except OSError:  # removed since the check: recorded, as a single download would be
+                return DocumentsMissingOut(error="a document is gone from the store", missing=[]), 404
+            return DocumentBatch(documents=[
+                CiphertextOut(id=i, ciphertext=base64.b64encode(blob).decode("ascii"))
+                for i, blob in blobs.items()
+            ]), 200
 
     @app.get(f"{PREFIX}/replies/<id:reply_id>")
     async def reply_ciphertext(reply_id: int) -> Any:

@@ -125,16 +125,19 @@ class ReplyCreated(BaseModel):
 
 
 #: A batch carries small objects only (tip messages, small photos); the rest stream alone,
-#: resumable. 100 x 256 KiB keeps a response (base64) under 35 MB.
+#: resumable. At most 4 MiB of ciphertext per batch bounds the memory one answer takes (the
+#: bytes, their base64 and the JSON: ~20 MB).
 BATCH_MAX_IDS = 100
 BATCH_MAX_OBJECT = 256 * 1024
+BATCH_MAX_BYTES = 4 * 1024 * 1024
 
 DocumentId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
 class DocumentBatchIn(Strict):
     ids: list[DocumentId] = Field(min_length=1, max_length=BATCH_MAX_IDS,
-                                  description=f"document ids, each at most {BATCH_MAX_OBJECT} bytes")
+                                  description=f"document ids, each at most {BATCH_MAX_OBJECT} bytes, "
+                                              f"at most {BATCH_MAX_BYTES} bytes in all")
 
 
 class CiphertextOut(BaseModel):
@@ -144,6 +147,12 @@ class CiphertextOut(BaseModel):
 
 class DocumentBatch(BaseModel):
     documents: list[CiphertextOut]
+
+
+class DocumentsMissingOut(BaseModel):
+    error: str
+    missing: list[int] = Field(description="ids the officer cannot have (another unit's, unknown, gone); "
+                                           "ask again without them")
 
 
 class AuditIn(Strict):
