@@ -72,7 +72,8 @@ class TorSettings:
 
     # A torrc fragment the deployment's tor reads after CPCP's own lines: bridges on a censored
     # network, a test network's DirAuthority lines. Plain "Option value" lines; the options CPCP
-    # sets itself (control port, DataDirectory, SOCKS, onion services) are refused there.
+    # sets itself (control port, DataDirectory, SOCKS, onion services) are refused there:
+    # onion/deployment.py ALLOWED_OPTIONS lists what is accepted.
     torrc_include: Path | None = None
 
 

@@ -79,15 +79,17 @@ def _serve(dep: OnionDeployment, args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     options = dep.tor_options()
     started = time.monotonic()
-    with Tor.launch(data_dir=dep.tor_dir, options=options, name="cpcp-tor") as tor, \
-            tor.descriptor_uploads() as uploads:  # subscribed before the onions are set
+    with Tor.launch(data_dir=dep.tor_dir, options=options, name="cpcp-tor") as tor:
         print(f"{PROG}: tor {tor.version} (pid {tor.pid}), log {dep.log_file}",
               file=sys.stderr, flush=True)
-        result = OnionPublisher(tor=tor, layout=dep.layout).publish(
-            dep.services, timeout=None, on_addresses=lambda r: _print_addresses(dep, r))
-        if not _wait_published(dep, tor, uploads, result, started=started,
-                               warn_every=args.timeout, stop=stop):
-            return 0 if stop.is_set() else 1
+        # Subscribed before the onions are set, and only until they are published: tor
+        # re-uploads descriptors for as long as it runs, and nobody reads them afterwards.
+        with tor.descriptor_uploads() as uploads:
+            result = OnionPublisher(tor=tor, layout=dep.layout).publish(
+                dep.services, timeout=None, on_addresses=lambda r: _print_addresses(dep, r))
+            if not _wait_published(dep, tor, uploads, result, started=started,
+                                   warn_every=args.timeout, stop=stop):
+                return 0 if stop.is_set() else 1
         while not stop.wait(1.0):
             if not tor.running:
                 print(f"{PROG}: tor exited; the onions are down (see {dep.log_file})",

@@ -19,14 +19,22 @@ from .errors import TorFailed
 from .services import OnionLayout, OnionService, cpcp_services
 from .tor import OptionLine, TorOptions, check_option, known_options, server_options
 
-#: Options a torrc_include may not set: CPCP sets them itself, or they would open a listener or
-#: weaken the control port's authentication (which hands out the onion keys) or the onions.
-OWNED_OPTIONS = frozenset({
-    "DataDirectory", "CacheDirectory", "KeyDirectory", "RunAsDaemon", "User",
-    "ORPort", "DirPort", "SocksPort", "DNSPort", "TransPort", "NATDPort", "HTTPTunnelPort",
-    "MetricsPort", "ExtORPort", "HashedControlPassword",
+#: The only options a torrc_include may set: how this tor reaches the Tor network (bridges,
+#: proxies, firewalls, directory authorities for a test network), which relays it uses, and
+#: logging. Everything else (listeners, the control port and its authentication, folders,
+#: onion services, SafeLogging, DisableNetwork, crypto engines...) is CPCP's or could weaken
+#: tor or take the onions down. ClientTransportPlugin runs a program (obfs4proxy): the
+#: fragment is trusted as much as cpcp.toml, and must be no more writable than it.
+ALLOWED_OPTIONS = frozenset({
+    "UseBridges", "Bridge", "ClientTransportPlugin",
+    "HTTPSProxy", "HTTPSProxyAuthenticator", "Socks4Proxy", "Socks5Proxy", "Socks5ProxyUsername",
+    "Socks5ProxyPassword", "TCPProxy", "ReachableAddresses", "ReachableORAddresses",
+    "FascistFirewall", "FirewallPorts", "ClientUseIPv4", "ClientUseIPv6",
+    "DirAuthority", "AlternateBridgeAuthority", "FallbackDir", "UseDefaultFallbackDirs",
+    "TestingTorNetwork", "PathsNeededToBuildCircuits", "ShutdownWaitLength",
+    "EntryNodes", "ExcludeNodes", "ExcludeExitNodes", "StrictNodes", "NumEntryGuards",
+    "BandwidthRate", "BandwidthBurst", "Log",
 })
-OWNED_PREFIXES = ("Control", "Cookie", "HiddenService", "__")
 
 
 def parse_torrc_fragment(text: str, *, where: str, known: frozenset[str]) -> list[OptionLine]:
@@ -52,9 +60,9 @@ def parse_torrc_fragment(text: str, *, where: str, known: frozenset[str]) -> lis
             raise ConfigError(f"{at}: this tor has no option {key!r}")
         if not value:
             raise ConfigError(f"{at}: {name} has no value")
-        if name in OWNED_OPTIONS or name.startswith(OWNED_PREFIXES):
-            raise ConfigError(f"{at}: {name} is CPCP's to set (or unsafe here); "
-                              "remove it from the fragment")
+        if name not in ALLOWED_OPTIONS:
+            raise ConfigError(f"{at}: {name} may not be set here (only bridges, proxies, firewalls, "
+                              "directory authorities, relay choice, bandwidth and Log)")
         try:
             check_option(name, value)
         except TorFailed as exc:
@@ -95,6 +103,9 @@ class OnionDeployment:
         include = self.torrc_include
         if include is not None:
             try:
+                if include.stat().st_mode & 0o022:
+                    raise ConfigError(f"tor.torrc_include: {include} is writable by group or others; "
+                                      "it configures tor: chmod go-w")
                 text = include.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"tor.torrc_include: cannot read {include}: {exc}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.server
 import re
+import shutil
 import stat
 import threading
 import time
@@ -382,16 +383,16 @@ def test_a_torrc_fragment_becomes_options_under_their_canonical_names() -> None:
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ("ControlPort 0.0.0.0:9051", "ControlPort is CPCP's to set"),
-    ("controlport 9051", "ControlPort is CPCP's to set"),  # tor's names ignore case
+    ("ControlPort 0.0.0.0:9051", "ControlPort may not be set here"),
+    ("controlport 9051", "ControlPort may not be set here"),  # tor's names ignore case
     ("ControlP 9051", "this tor has no option 'ControlP'"),  # tor would take the abbreviation
-    ("ControlPortWriteToFile /tmp/x", "ControlPortWriteToFile is CPCP's"),
-    ("CookieAuthentication 0", "CookieAuthentication is CPCP's"),
-    ("SocksPort 0.0.0.0:9050", "SocksPort is CPCP's"),
-    ("MetricsPort 0.0.0.0:9035", "MetricsPort is CPCP's"),
-    ("HiddenServiceDir /tmp/evil", "HiddenServiceDir is CPCP's"),
-    ("DataDirectory /tmp", "DataDirectory is CPCP's"),
-    ("__OwningControllerProcess 1", "__OwningControllerProcess is CPCP's"),
+    ("ControlPortWriteToFile /tmp/x", "ControlPortWriteToFile may not be set here"),
+    ("CookieAuthentication 0", "CookieAuthentication may not be set here"),
+    ("SocksPort 0.0.0.0:9050", "SocksPort may not be set here"),
+    ("MetricsPort 0.0.0.0:9035", "MetricsPort may not be set here"),
+    ("HiddenServiceDir /tmp/evil", "HiddenServiceDir may not be set here"),
+    ("DataDirectory /tmp", "DataDirectory may not be set here"),
+    ("__OwningControllerProcess 1", "__OwningControllerProcess may not be set here"),
     ("%include /etc/tor/torrc.d", "only plain 'Option value' lines"),
     ("Bridge obfs4 1.2.3.4:443 \\", "only plain 'Option value' lines"),
     ('Bridge "1.2.3.4:443"', "unsafe value"),
@@ -416,7 +417,7 @@ def test_deployment_tor_reads_the_fragment_after_its_own_lines(tmp_path: Path) -
     assert options["Log"] == [f"notice file {dep.log_file}", "info file /tmp/t.log"]
     render_torrc(options)
     fragment.write_text("ControlPort 9051\n")
-    with pytest.raises(ConfigError, match="ControlPort is CPCP's"):
+    with pytest.raises(ConfigError, match="ControlPort may not be set here"):
         dep.tor_options(known=lambda: KNOWN)
     assert OnionDeployment.from_settings(load_settings(config, env={})).tor_options(
         known=lambda: frozenset()) == {k: [v] if isinstance(v, str) else v for k, v in own.items()}
@@ -540,3 +541,22 @@ def test_status_checks_the_apps_behind_the_onions(
                       "0 workstation(s)")
     assert out[3:] == [f"source app: http://127.0.0.1:{source}/ answers (HTTP 200)",
                        f"gateway: http://127.0.0.1:{gateway}/ does not answer (Connection refused)"]
+
+
+@pytest.mark.skipif(shutil.which("tor") is None, reason="needs the tor binary")
+def test_no_listener_or_weakening_option_of_the_real_tor_passes_a_fragment() -> None:
+    """Against every option this tor knows: the allowlist, not a list of what to refuse."""
+    from onion.deployment import ALLOWED_OPTIONS
+    from onion.tor import known_options
+
+    known = known_options()
+    assert ALLOWED_OPTIONS <= known  # names this tor has
+    dangerous = {name for name in known if name.endswith("Port") or name.startswith(
+        ("Control", "Cookie", "HiddenService", "__", "Hardware", "Accel"))}
+    dangerous |= {"PidFile", "SafeLogging", "DisableNetwork", "PublishHidServDescriptors", "Sandbox",
+                  "DataDirectoryGroupReadable", "KeyDirectoryGroupReadable", "CacheDirectoryGroupReadable",
+                  "User", "RunAsDaemon", "DataDirectory", "KeyDirectory", "CacheDirectory"} & known
+    assert len(dangerous) > 30
+    for name in sorted(dangerous):
+        with pytest.raises(ConfigError, match="may not be set here"):
+            parse_torrc_fragment(f"{name} 1\n", where="f", known=known)
