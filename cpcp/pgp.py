@@ -31,11 +31,12 @@ Fingerprint = NewType("Fingerprint", str)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
 
 _AGENT_CONF = (
-    # Never keep a source's reply-key passphrase in the agent after the call that needed it:
-    # default-cache-ttl 0 caches nothing. max-cache-ttl must not be 0, though: key generation
-    # hands the passphrase to its own self-signatures through a nonce cache entry, and with
-    # 0 the agent purged that entry whenever a second boundary fell between the two steps
-    # (key generation then asked for a pinentry and failed, under load). 10 s bounds it.
+    # A source's reply-key passphrase is not cached for later calls: default-cache-ttl 0.
+    # max-cache-ttl must not be 0, though: key generation hands the passphrase to its own
+    # self-signatures through a one-time nonce cache entry, and with 0 the agent purged it
+    # whenever a second boundary fell between the two steps (key generation then asked for a
+    # pinentry and failed, under load). So that entry lives in the agent's memory for up to
+    # ~12 s (10 s + its clean-up tick) after a new source's key is made; never on disk.
     "default-cache-ttl 0\nmax-cache-ttl 10\nallow-loopback-pinentry\n"
     # Reply-key passphrases are 256-bit HMAC outputs, so S2K stretching adds nothing; the
     # agent's calibrated default costs about 1 s per new source.
