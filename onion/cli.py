@@ -150,9 +150,17 @@ def _apply(dep: OnionDeployment, args: argparse.Namespace) -> None:
     """Re-publish the officer onion on the running tor, if one runs."""
     try:
         with _attach(dep, args) as tor:
+            progress, summary = tor.bootstrap_progress()
+            # A tor that is not bootstrapped could not upload the descriptor before --timeout;
+            # it has the change and publishes it once it is (the key is saved either way).
+            bootstrapped = progress >= 100
             OnionPublisher(tor=tor, layout=dep.layout).publish(
-                dep.services, timeout=args.timeout, republish=[OFFICER])
-            print(f"{PROG}: officer onion re-published", file=sys.stderr)
+                dep.services, timeout=args.timeout if bootstrapped else None, republish=[OFFICER])
+            if bootstrapped:
+                print(f"{PROG}: officer onion re-published", file=sys.stderr)
+            else:
+                print(f"{PROG}: tor has the change; it is bootstrapped {progress}% ({summary}) and "
+                      "publishes the officer onion once it is up", file=sys.stderr)
     except TorNotRunning:
         print(f"{PROG}: tor is not running; the change applies when '{PROG} run' starts it",
               file=sys.stderr)

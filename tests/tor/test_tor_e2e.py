@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import stat
+import time
 from pathlib import Path
 
 import httpx
@@ -22,13 +23,14 @@ from sqlalchemy import select
 
 from cpcp.models import Case, Document
 from cpcp.services import build_core
+from cpcp.settings import load_settings
 from onion.cli import main as onion_main
 from onion.errors import TorFailed
 from onion.services import KEY_FILE, OFFICER, SOURCE, OnionLayout, OnionPublisher, cpcp_services
 from onion.testnet import PrivateTorNetwork
 from onion.tor import Tor, read_control_port, server_options
 
-from ..conftest import Deployment, gpg_decrypt
+from ..conftest import Deployment, gpg_decrypt, write_deployment
 from ..helpers import codename_of, csrf
 from ..servers import Server, begin, desk_login_and_sync, send, start_desk
 from ..test_desk import code
@@ -264,6 +266,30 @@ def test_deployment_tor_is_owned_cookie_authenticated_and_publishes(tmp_path: Pa
         again = OnionPublisher(tor=tor, layout=layout).publish(services, timeout=1)
         assert again.addresses == result.addresses and again.uploaded == []
     assert pid is not None and not Path(f"/proc/{pid}").exists()
+
+
+def test_add_client_on_a_tor_that_is_not_bootstrapped_answers_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The key is saved and tor has it; waiting for an upload tor cannot make yet would only
+    end in an error after --timeout (the admin would think nothing happened)."""
+    config = write_deployment(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cpcp.sqlite'}")
+    settings = load_settings(config, env={})
+    layout = OnionLayout.for_data_dir(settings.data_dir)
+    data = tmp_path / "tor"
+    with Tor.launch(data_dir=data, options=offline(server_options(data)), name="offline") as tor:
+        services = cpcp_services(source_port=settings.source.port, gateway_port=settings.gateway.port)
+        officer = str(OnionPublisher(tor=tor, layout=layout).publish(services, timeout=None).addresses[OFFICER])
+        capsys.readouterr()
+        started = time.monotonic()
+        assert onion_main(["--config", str(config), "--control-port", str(read_control_port(data)),
+                           "--timeout", "300", "add-client", "desk-9"]) == 0
+        assert time.monotonic() - started < 30
+        out, err = capsys.readouterr()
+        assert out.startswith("# Officer workstation 'desk-9'") and officer.removesuffix(".onion") in out
+        assert "publishes the officer onion once it is up" in err
+        assert layout.clients(OFFICER).names() == ["desk-9"]
+        assert len(tor.hidden_services()) == 2  # both onions still configured on that tor
 
 
 def test_a_control_port_without_authentication_is_refused(tmp_path: Path) -> None:
