@@ -24,7 +24,7 @@ from onion.testnet import PrivateTorNetwork, free_port
 from onion.tor import render_torrc
 
 from ..conftest import ROOT
-from .tornet import get_with_retries, refused, say
+from .tornet import fresh_client, get_with_retries, refused, say
 
 ONIONS_WITHIN = 120.0  # fresh machine: setup, demo keys, apps, tor start
 PUBLISHED_WITHIN = 120.0
@@ -239,7 +239,8 @@ async def test_run_script_publishes_both_onions_keeps_the_source_address_and_sto
     again = run.wait_for(r"cpcp-onion: both onions published \(([\d.]+)s after tor started\)",
                          PUBLISHED_WITHIN).group(1)
     started = time.monotonic()
-    home = await get_with_retries(network.socks_port, source, "/")
+    with fresh_client(network, "after-restart") as socks:
+        home = await get_with_retries(socks, source, "/")
     assert home.status_code == 200 and '<html lang="hi">' in home.text
     say(request, f"  restart: same source onion, published {again}s after tor started, "
                  f"reachable {time.monotonic() - started:.1f}s later; whole restart "

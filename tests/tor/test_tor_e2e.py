@@ -35,7 +35,15 @@ from ..helpers import codename_of, csrf
 from ..servers import Server, begin, desk_login_and_sync, send, start_desk
 from ..test_desk import code
 from ..test_gateway import PASSPHRASE
-from .tornet import ANSWER_WITHIN, get_with_retries, layout_of, publish, refused, through_tor
+from .tornet import (
+    ANSWER_WITHIN,
+    fresh_client,
+    get_with_retries,
+    layout_of,
+    publish,
+    refused,
+    through_tor,
+)
 
 
 async def test_source_gets_a_codename_and_submits_a_tip_with_a_file_over_tor(
@@ -85,7 +93,8 @@ async def test_source_onion_keeps_its_address_when_the_service_tor_restarts(
     after = publish(network, tor_deployment, source_server, gateway_server)
     assert after == before
     assert key.read_bytes() == key_bytes
-    r = await get_with_retries(network.socks_port, after[SOURCE], "/")
+    with fresh_client(network, "after-restart") as socks:
+        r = await get_with_retries(socks, after[SOURCE], "/")
     assert r.status_code == 200
 
 
