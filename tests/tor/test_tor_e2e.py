@@ -79,25 +79,6 @@ async def test_source_gets_a_codename_and_submits_a_tip_with_a_file_over_tor(
         await core.close()
 
 
-async def test_source_onion_keeps_its_address_when_the_service_tor_restarts(
-    network: PrivateTorNetwork, tor_deployment: Deployment, source_server: Server,
-    gateway_server: Server,
-) -> None:
-    before = publish(network, tor_deployment, source_server, gateway_server)
-    key = layout_of(tor_deployment).service_dir(SOURCE) / KEY_FILE
-    assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
-    key_bytes = key.read_bytes()
-    network.start_service()  # stops the service tor, starts a fresh one on the same folders
-    assert network.service.hidden_services() == {}
-    after = publish(network, tor_deployment, source_server, gateway_server)
-    assert after == before
-    assert key.read_bytes() == key_bytes
-    with fresh_client(network, "after-restart") as socks:
-        r = await get_with_retries(socks, after[SOURCE], "/")
-    assert r.status_code == 200
-
-
 async def test_officer_onion_answers_only_a_workstation_with_its_client_key(
     network: PrivateTorNetwork, tor_deployment: Deployment, source_server: Server,
     gateway_server: Server, capsys: pytest.CaptureFixture[str], tmp_path: Path,
@@ -229,6 +210,27 @@ async def test_desk_syncs_decrypts_and_replies_through_the_officer_onion(
         case = (await later.get("/case")).text
         assert reply_canary in case and "वाहन की जाँच हो रही है." in case
     network.stop_tor("desk-loop")
+
+
+async def test_source_onion_keeps_its_address_when_the_service_tor_restarts(
+    network: PrivateTorNetwork, tor_deployment: Deployment, source_server: Server,
+    gateway_server: Server,
+) -> None:
+    """Runs after the other tests on the network: the module's client tor keeps the old
+    descriptor, and nothing after this uses it for the source onion."""
+    before = publish(network, tor_deployment, source_server, gateway_server)
+    key = layout_of(tor_deployment).service_dir(SOURCE) / KEY_FILE
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    key_bytes = key.read_bytes()
+    network.start_service()  # stops the service tor, starts a fresh one on the same folders
+    assert network.service.hidden_services() == {}
+    after = publish(network, tor_deployment, source_server, gateway_server)
+    assert after == before
+    assert key.read_bytes() == key_bytes
+    with fresh_client(network, "after-restart") as socks:
+        r = await get_with_retries(socks, after[SOURCE], "/")
+    assert r.status_code == 200
 
 
 def tor_children() -> list[int]:
