@@ -37,7 +37,7 @@ async def in_thread_to_the_end(fn: Callable[..., T], *args: object) -> T:
     """``asyncio.to_thread``, except that a cancelled caller still waits for the thread: a
     sync that has returned (cancelled by a failed sibling download) leaves no thread still
     writing or renaming in the cache."""
-    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    task = asyncio.create_task(asyncio.to_thread(fn, *args))
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
