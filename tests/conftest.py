@@ -195,3 +195,44 @@ def gpg_encrypt(home: Path, plaintext: bytes, recipients: list[str], *, armor: b
     return subprocess.run(args, input=plaintext, capture_output=True, check=True).stdout
 
 
+
+
+def _agents_under(root: Path) -> dict[int, Path]:
+    """gpg-agent daemons whose GnuPG home lies under ``root``, by pid."""
+    found: dict[int, Path] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone already
+        if not args or Path(os.fsdecode(args[0])).name != "gpg-agent" or b"--homedir" not in args:
+            continue
+        home = Path(os.fsdecode(args[args.index(b"--homedir") + 1]))
+        if home.is_relative_to(root):
+            found[int(proc.name)] = home
+    return found
+
+
+def stop_gpg_agents(root: Path) -> int:
+    """Stop every gpg-agent that gpg started for a GnuPG home under ``root``; how many."""
+    agents = _agents_under(root)
+    for home in set(agents.values()):
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                       capture_output=True, check=False)
+    for pid in _agents_under(root):  # a home that was already deleted: gpgconf cannot reach it
+        try:
+            os.kill(pid, 15)
+        except ProcessLookupError:
+            pass
+    return len(agents)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_gpg_agent_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """gpg starts an agent per GnuPG home and leaves it running; the servers and tests of a
+    module are done with theirs when the module ends (gpg starts a new one if a later module
+    uses a session-wide home again), so none outlives its module and none the run."""
+    yield
+    stop_gpg_agents(tmp_path_factory.getbasetemp())
