@@ -19,8 +19,9 @@ before callers that have, and needs nothing more. The others are also held to a 
 ceiling (``site_per_minute`` wrong codenames, a token bucket): when it is spent their tries wait
 for it to refill, they are slowed but never refused, and a fresh circuit with the right codename
 is not held up by them at all. Wrong codenames hashed over T seconds are therefore at most
-``site_per_minute * (1 + T / 60)`` plus one per caller that had not failed before, and each
-caller's own bucket bounds its share.
+``site_per_minute * (1 + T / 60)`` plus ``queue_per_caller`` for each caller that had not
+failed before (a new circuit costs the attacker a rendezvous), and each caller's own bucket
+bounds its share.
 """
 
 from __future__ import annotations
