@@ -56,10 +56,16 @@ def build_core(settings: Settings) -> CoreServices:
     officer_keys = Keyring(settings.gnupg_home / "officers", gpg_binary=settings.gpg_binary)
     source_keys = Keyring(settings.gnupg_home / "sources", gpg_binary=settings.gpg_binary)
     cases = Cases(sessions=sessions, store=store, oversight_fingerprint=settings.oversight_fingerprint)
+    src = settings.source
     throttle = LoginThrottle(
-        failures_per_minute=settings.source.login_failures_per_minute,
-        failure_delay=settings.source.login_failure_delay,
-        concurrency=settings.source.login_concurrency,
+        caller_burst=src.login_circuit_burst,
+        caller_per_hour=src.login_circuit_failures_per_hour,
+        site_per_minute=src.login_failures_per_minute,
+        concurrency=src.login_concurrency,
+        queue_per_caller=src.login_queue_per_circuit,
+        max_callers=src.login_circuits_tracked,
+        caller_idle=src.login_circuit_idle,
+        failure_delay=src.login_failure_delay,
     )
     sources = SourceAccounts(
         sessions=sessions, keyring=source_keys, salt=secrets.codename_salt, kdf=settings.kdf,

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,10 @@ def main(
     create_app: Callable[..., Any],
     address: Callable[[Settings], tuple[str, int]],
     argv: list[str] | None = None,
+    serve_app: Callable[..., Awaitable[None]] = serve,
 ) -> int:
+    """Run one server app. ``serve_app`` is Hypercorn's ``serve`` unless the app brings its
+    own accept loop (the source app reads tor's PROXY lines: source_app/circuits.py)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", type=Path, help="cpcp.toml (default: $CPCP_CONFIG)")
     args = parser.parse_args(argv)
@@ -76,7 +79,7 @@ def main(
             loop.add_signal_handler(sig, shutdown.set)
         await start_core(core)
         print(f"{prog}: http://{host}:{port}/", flush=True)
-        await serve(app, hypercorn_config(host, port), shutdown_trigger=shutdown.wait)
+        await serve_app(app, hypercorn_config(host, port), shutdown_trigger=shutdown.wait)
 
     try:
         asyncio.run(run())

@@ -46,10 +46,21 @@ class SourceSettings:
     session_idle_timeout: int = 60 * MINUTES
     # Cookie "Secure" flag: off by default because onion services are served over plain http.
     secure_cookie: bool = False
-    # A wrong codename costs the guesser this long before the answer.
+    # Codename logins are budgeted per caller: per tor circuit on the source onion (tor's
+    # HiddenServiceExportCircuitID), one shared "direct" caller for connections without it.
+    # cpcp/throttle.py explains the scheme.
+    # A wrong codename makes its own caller wait this long (others are not held up by it).
     login_failure_delay: float = 2.0 * SECONDS
-    # Whole-site budget of wrong codenames per minute; all onion clients share 127.0.0.1,
-    # so this cannot be per address.
+    # Wrong codenames (or garbage) one circuit may try at once, and how fast that refills.
+    login_circuit_burst: int = 5
+    login_circuit_failures_per_hour: int = 30
+    # Tries of one circuit queued or hashing at once; more are told to wait.
+    login_queue_per_circuit: int = 2
+    # Circuits remembered at most (bounded memory); a full bucket idle this long is forgotten.
+    login_circuits_tracked: int = 10_000
+    login_circuit_idle: int = 10 * MINUTES
+    # Site-wide ceiling of wrong codenames per minute from circuits that already gave a wrong
+    # one: past it their tries wait (never refused); a circuit with no failure is not held to it.
     login_failures_per_minute: int = 30
     # Concurrent codename hashes; each costs ``kdf.memory_kib`` of memory.
     login_concurrency: int = 2
@@ -248,8 +259,12 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("max_upload_bytes must be at least 1 MiB")
     if settings.kdf.memory_kib < 8 * KIB or settings.kdf.time_cost < 1:
         raise ConfigError("kdf settings are too weak (memory_kib >= 8192, time_cost >= 1)")
-    if settings.source.login_concurrency < 1 or settings.source.login_failures_per_minute < 1:
-        raise ConfigError("source login_concurrency and login_failures_per_minute must be >= 1")
+    src = settings.source
+    if min(src.login_concurrency, src.login_failures_per_minute, src.login_circuit_burst,
+           src.login_circuit_failures_per_hour, src.login_queue_per_circuit,
+           src.login_circuits_tracked) < 1 or src.login_circuit_idle < 0 or src.login_failure_delay < 0:
+        raise ConfigError("source login_* settings must be >= 1 (login_circuit_idle and "
+                          "login_failure_delay >= 0)")
     include = settings.tor.torrc_include
     if include is not None:
         # Checked here so that a typo stops every program at start-up, not tor much later.

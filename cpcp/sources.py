@@ -40,9 +40,10 @@ class SourceAccounts:
         self._kdf = kdf
         self._throttle = throttle
 
-    async def create(self, codename: Codename) -> SourceLogin:
-        """Register a new codename: store its lookup id, make its reply key pair."""
-        async with self._throttle.hashing():
+    async def create(self, codename: Codename, *, caller: str = "unattributed") -> SourceLogin:
+        """Register a new codename: store its lookup id, make its reply key pair. The hash
+        takes ``caller``'s turn among the login hashes."""
+        async with self._throttle.hashing(caller):
             keys = await asyncio.to_thread(derive_keys, codename, salt=self._salt, kdf=self._kdf)
         fpr = await asyncio.to_thread(
             self._keyring.generate_key, passphrase=keys.reply_passphrase, uid=random_uid()
@@ -53,22 +54,24 @@ class SourceAccounts:
             await db.flush()
             return SourceLogin(source_id=source.id, reply_passphrase=keys.reply_passphrase)
 
-    async def login(self, typed: str) -> SourceLogin:
-        """Check a typed codename. Wrong ones raise UnknownCodename after the failure delay;
-        when the site's budget of wrong codenames is spent, Throttled comes first."""
-        self._throttle.check()
-        try:
-            codename = normalize_codename(typed)
-        except UnknownCodename:
-            await self._throttle.record_failure()
-            raise
-        async with self._throttle.hashing():
-            keys = await asyncio.to_thread(derive_keys, codename, salt=self._salt, kdf=self._kdf)
-        async with self._sessions() as db:
-            source_id = await db.scalar(select(Source.id).where(Source.lookup_id == keys.lookup_id))
-        if source_id is None:
-            await self._throttle.record_failure()
-            raise UnknownCodename("no such codename")
+    async def login(self, typed: str, *, caller: str) -> SourceLogin:
+        """Check a typed codename for ``caller`` (an opaque key: who shares a budget of wrong
+        tries, see cpcp.throttle). Wrong ones and garbage raise UnknownCodename after the
+        failure delay; when ``caller``'s budget is spent, Throttled comes first."""
+        async with self._throttle.attempt(caller) as attempt:
+            try:
+                codename = normalize_codename(typed)
+            except UnknownCodename:
+                await attempt.wrong()  # garbage: no hash, but the caller's token stays spent
+                raise
+            async with attempt.hashing():
+                keys = await asyncio.to_thread(derive_keys, codename, salt=self._salt, kdf=self._kdf)
+            async with self._sessions() as db:
+                source_id = await db.scalar(select(Source.id).where(Source.lookup_id == keys.lookup_id))
+            if source_id is None:
+                await attempt.wrong()
+                raise UnknownCodename("no such codename")
+            attempt.right()
         return SourceLogin(source_id=source_id, reply_passphrase=keys.reply_passphrase)
 
     async def reply_key_fingerprint(self, source_id: int) -> str:

@@ -67,6 +67,9 @@ class OnionService:
     client_auth: bool = False
     virtual_port: int = 80
     target_host: str = LOOPBACK
+    #: Tor writes a PROXY protocol line with the rendezvous circuit's id first on each
+    #: connection (``HiddenServiceExportCircuitID haproxy``); the app must read it.
+    export_circuit_id: bool = False
 
     def __post_init__(self) -> None:
         if self.target_host != LOOPBACK:
@@ -123,6 +126,10 @@ def service_lines(service: OnionService, dos: DosDefences, supports: Callable[[s
         ("HiddenServiceVersion", "3"),
         ("HiddenServicePort", f"{service.virtual_port} {service.target_host}:{service.target_port}"),
     ]
+    if service.export_circuit_id:
+        # Not optional like the defences below: without it the source app could not tell
+        # callers apart, and one jammer would lock every source out (tor has it since 0.4.0).
+        lines.append(("HiddenServiceExportCircuitID", "haproxy"))
     wanted: list[OptionLine] = [
         ("HiddenServiceEnableIntroDoSDefense", "1"),
         ("HiddenServiceEnableIntroDoSRatePerSec", str(dos.intro_rate_per_sec)),
@@ -247,8 +254,10 @@ class OnionPublisher:
 
 
 def cpcp_services(*, source_port: int, gateway_port: int) -> list[OnionService]:
-    """The source onion in front of the source app, the officer onion in front of the gateway."""
+    """The source onion in front of the source app (which reads tor's circuit ids to budget
+    wrong codenames per circuit: source_app/circuits.py), the officer onion in front of the
+    gateway."""
     return [
-        OnionService(SOURCE, target_port=source_port),
+        OnionService(SOURCE, target_port=source_port, export_circuit_id=True),
         OnionService(OFFICER, target_port=gateway_port, client_auth=True),
     ]

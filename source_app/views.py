@@ -37,6 +37,7 @@ from cpcp.models import CaseStatus
 from cpcp.services import CoreServices
 from cpcp.sources import SourceLogin
 
+from .circuits import caller_of
 from .forms import CATEGORIES, KINDS, ActionForm, CSRFForm, FollowUpForm, LoginForm, TipForm
 from .upload import TipReceiver
 from .web import LANG_COOKIE, gettext, safe_next
@@ -210,7 +211,7 @@ def install(app: Quart) -> None:
         codename = session.get(PENDING_CODENAME)
         if not form.validate() or not codename:
             return await error_page(400, rejection_message("expired"), gettext("Please start again"))
-        login = await core().sources.create(Codename(codename))
+        login = await core().sources.create(Codename(codename), caller=caller_of(request.scope))
         session.pop(PENDING_CODENAME, None)
         session.regenerate()  # type: ignore[attr-defined]
         session[LOGIN] = login
@@ -307,7 +308,7 @@ def install(app: Quart) -> None:
                                          error=gettext("Please type your codename."))
             return Response(body, status=400)
         try:
-            login = await core().sources.login(form.codename.data)
+            login = await core().sources.login(form.codename.data, caller=caller_of(request.scope))
         except Throttled as exc:
             body = await render_template(
                 "login.html", form=bind(LoginForm),

@@ -210,6 +210,16 @@ def test_service_lines_turn_on_every_dos_defence_tor_knows() -> None:
     assert notes == []
 
 
+def test_only_the_source_onion_exports_circuit_ids_to_its_app() -> None:
+    """The source app budgets wrong codenames per circuit (issue 8): its onion must send tor's
+    PROXY line; the gateway does not read one, so the officer onion must not."""
+    source, officer = cpcp_services(source_port=8080, gateway_port=8081)
+    assert ("HiddenServiceExportCircuitID", "haproxy") in service_lines(
+        source, DosDefences(), lambda _: True)
+    assert "HiddenServiceExportCircuitID" not in dict(service_lines(
+        officer, DosDefences(), lambda _: True))
+
+
 def test_service_lines_skip_pow_on_an_older_tor_with_a_note() -> None:
     notes: list[str] = []
     lines = service_lines(OnionService(SOURCE, target_port=8080), DosDefences(),

@@ -41,6 +41,10 @@ def test_file_then_environment(tmp_path: Path) -> None:
         (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\ndatabase_url = "mysql://x"\n', {}, "database_url"),
         (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n[kdf]\nmemory_kib = 1\n', {}, "too weak"),
         ("data_dir = [", {}, "cpcp.toml"),
+        (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n[source]\nlogin_circuit_burst = 0\n', {},
+         "login_.* must be >= 1"),
+        (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n', {"CPCP_SOURCE__LOGIN_QUEUE_PER_CIRCUIT": "0"},
+         "login_.* must be >= 1"),
     ],
 )
 def test_bad_settings_fail_closed_with_a_clear_message(

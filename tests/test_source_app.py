@@ -230,13 +230,14 @@ async def test_login_forgives_typing_and_wrong_codenames_cost_time(app: Quart, c
     assert (await other.get("/case")).status_code == 200
 
 
-async def test_site_wide_throttle_after_too_many_wrong_codenames(deployment: Deployment) -> None:
+async def test_a_caller_is_throttled_after_its_wrong_codenames_and_garbage(deployment: Deployment) -> None:
+    """Connections without tor's PROXY line share the "direct" caller; garbage counts too."""
     from cpcp.services import build_core
     from source_app import create_app
 
     settings = dataclasses.replace(
         deployment.settings,
-        source=dataclasses.replace(deployment.settings.source, login_failures_per_minute=3, login_failure_delay=0.0),
+        source=dataclasses.replace(deployment.settings.source, login_circuit_burst=3, login_failure_delay=0.0),
     )
     core = build_core(settings)
     app = create_app(settings, core=core)
@@ -244,8 +245,8 @@ async def test_site_wide_throttle_after_too_many_wrong_codenames(deployment: Dep
         client = app.test_client()
         page = await (await client.get("/login")).get_data(as_text=True)
         statuses = []
-        for _ in range(5):
-            r = await client.post("/login", form={"csrf_token": csrf(page), "codename": "abacus " * 7})
+        for typed in ["abacus " * 7, "x", "abacus " * 7, "abacus " * 7, "x"]:
+            r = await client.post("/login", form={"csrf_token": csrf(page), "codename": typed})
             statuses.append(r.status_code)
         assert statuses[:3] == [403, 403, 403]
         assert statuses[3:] == [429, 429]

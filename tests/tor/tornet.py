@@ -52,10 +52,14 @@ def publish(network: PrivateTorNetwork, deployment: Deployment, source: Server,
 
 
 @asynccontextmanager
-async def through_tor(socks_port: int, onion: str, timeout: float) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client for ``http://onion/`` through a SOCKS port; names resolve inside tor."""
+async def through_tor(socks_port: int, onion: str, timeout: float, *,
+                      isolation: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for ``http://onion/`` through a SOCKS port; names resolve inside tor.
+    Clients with different ``isolation`` get different circuits (tor isolates streams by SOCKS
+    username and password)."""
     transport = AsyncProxyTransport(proxy_type=ProxyType.SOCKS5, proxy_host="127.0.0.1",
-                                    proxy_port=socks_port, rdns=True)
+                                    proxy_port=socks_port, rdns=True, username=isolation,
+                                    password=isolation and "x")
     async with httpx.AsyncClient(transport=transport, base_url=f"http://{onion}", timeout=timeout,
                                  follow_redirects=False) as client:
         yield client
