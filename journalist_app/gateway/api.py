@@ -93,8 +93,9 @@ def install(app: Quart) -> None:
         # other bytes were an unhandled UnicodeDecodeError (a 500) on every JSON route. The
         # body is bounded by MAX_CONTENT_LENGTH and cached for the view's own get_json.
         if request.method in ("POST", "PUT", "PATCH") and request.is_json:
+            body: bytes = await request.get_data(as_text=False)
             try:
-                (await request.get_data(as_text=False)).decode("utf-8")
+                body.decode("utf-8")
             except UnicodeDecodeError:
                 return error(400, "the request body is not valid UTF-8; JSON must be UTF-8")
         return None
