@@ -93,7 +93,7 @@ def install(app: Quart) -> None:
         # other bytes were an unhandled UnicodeDecodeError (a 500) on every JSON route. The
         # body is bounded by MAX_CONTENT_LENGTH and cached for the view's own get_json.
         if request.method in ("POST", "PUT", "PATCH") and request.is_json:
-            body: bytes = await request.get_data(as_text=False)
+            body = await request.get_data(cache=True, as_text=False, parse_form_data=False)
             try:
                 body.decode("utf-8")
             except UnicodeDecodeError:
