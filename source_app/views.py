@@ -112,6 +112,7 @@ def rejection_message(reason: str) -> str:
                             n=core().settings.max_files_per_submission),
         "malformed": _("The upload was incomplete or damaged. Nothing was sent. Please try again."),
         "empty": _("Your tip is empty. Write something or attach a file."),
+        "empty_file": _("The attached file is empty (0 bytes). Nothing was sent. Write something or attach a file that is not empty."),
         "unknown_unit": _("Please choose a police station, cell or the control room from the list."),
         "bad_form": _("Please check the form: some answers are not valid."),
         "expired": _("Your session has ended or the page was too old. Nothing was sent. Log in again with your codename and send it again."),
@@ -266,8 +267,9 @@ def install(app: Quart) -> None:
             assert form is not None
             draft = receiver.draft
             text = (form.text.data or "").strip()
-            if not text and not draft.files:
-                raise SubmissionRejected("empty")
+            if not text and not any(f.size for f in draft.files):
+                # Files of 0 bytes carry nothing: with no text, the tip is empty.
+                raise SubmissionRejected("empty_file" if draft.files else "empty")
             await draft.add_message(answers(form, chosen[0], text, events, follow_up=case is not None))
             await draft.commit(source_id=login.source_id, unit=chosen[0])
         except FormRejected as rejected:
@@ -275,7 +277,7 @@ def install(app: Quart) -> None:
                 return await error_page(400, rejection_message("expired"), gettext("Please start again"))
             return await rerender(rejected.form, case, "bad_form", 400)
         except SubmissionRejected as exc:
-            if form is not None and exc.reason in ("empty", "unknown_unit"):
+            if form is not None and exc.reason in ("empty", "empty_file", "unknown_unit"):
                 return await rerender(form, case, exc.reason, exc.status)
             return await error_page(exc.status, rejection_message(exc.reason))
         finally:

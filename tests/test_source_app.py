@@ -151,6 +151,10 @@ def _recipients(home: Path, path: Path) -> str:
         ([("unit", "ps-sadar-bazar"), ("kind", "information"), ("when", "yesterday"), ("text", "x")], 400),
         ([("unit", "no-such-unit"), ("kind", "information"), ("text", "x"),
           ("files", "a.bin", b"data", "application/octet-stream")], 400),  # bad unit, with a file
+        ([("unit", "ps-sadar-bazar"), ("kind", "information"),
+          ("files", "empty.jpg", b"", "image/jpeg")], 400),  # an empty file and no text
+        ([("unit", "ps-sadar-bazar"), ("kind", "information"), ("text", " "),
+          ("files", "a.jpg", b"", "image/jpeg"), ("files", "b.jpg", b"", "image/jpeg")], 400),
     ],
 )
 async def test_bad_tips_get_a_clear_page_and_store_nothing(
@@ -353,3 +357,24 @@ async def test_language_link_never_redirects_off_site(app: Quart, target: str) -
 async def test_language_link_keeps_the_page(app: Quart) -> None:
     response = await app.test_client().get("/lang/en", query_string={"next": "/login"})
     assert response.headers["Location"] == "/login" and "cpcp_lang=en" in response.headers["Set-Cookie"]
+
+
+@pytest.mark.parametrize(("lang", "says"), [("en", "empty (0 bytes)"), ("hi", "खाली (0 बाइट)")])
+async def test_an_empty_file_without_text_is_refused_with_a_clear_message(
+    app: Quart, core: CoreServices, deployment: Deployment, lang: str, says: str
+) -> None:
+    client = app.test_client()
+    await client.get(f"/lang/{lang}?next=/")
+    await new_source(client)
+    before = await counts(core)
+    response = await post_tip(client, [("unit", "ps-sadar-bazar"), ("kind", "information"),
+                                       ("files", "IMG_0001.jpg", b"", "image/jpeg")])
+    assert response.status_code == 400
+    assert says in await response.get_data(as_text=True)
+    assert await counts(core) == before and store_files(deployment) == []
+    # The follow-up form of an existing case refuses it the same way.
+    await post_tip(client, [("unit", "ps-sadar-bazar"), ("kind", "information"), ("text", "first")])
+    before = await counts(core)
+    response = await post_tip(client, [("files", "IMG_0002.jpg", b"", "image/jpeg")], page="/case")
+    assert response.status_code == 400 and says in await response.get_data(as_text=True)
+    assert await counts(core) == before
