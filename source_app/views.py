@@ -22,7 +22,12 @@ from werkzeug.exceptions import HTTPException
 from wtforms import SelectChoice
 
 from cpcp.cases import CaseView, EventView, UnitView
-from cpcp.codenames import Codename, generate_codename
+from cpcp.codenames import (
+    Codename,
+    generate_codename,
+    generate_digit_codename,
+    to_devanagari_digits,
+)
 from cpcp.errors import (
     DecryptionFailed,
     NotFound,
@@ -201,9 +206,14 @@ def install(app: Quart) -> None:
     async def generate() -> ResponseReturnValue:
         if current_login() is not None:
             return redirect(url_for("case_page"), 303)
-        codename = generate_codename()
+        # Digits for those who read Hindi and not English words (?kind=digits; no script).
+        digits = request.args.get("kind") == "digits"
+        codename: Codename = generate_digit_codename() if digits else generate_codename()
         session[PENDING_CODENAME] = codename
-        return await render_template("generate.html", codename=codename.split(), form=bind(ActionForm))
+        return await render_template(
+            "generate.html", codename=codename.split(), digits=digits, form=bind(ActionForm),
+            devanagari=to_devanagari_digits(codename).split() if digits else None,
+        )
 
     @app.post("/create")
     async def create() -> ResponseReturnValue:
@@ -318,7 +328,7 @@ def install(app: Quart) -> None:
         except UnknownCodename:
             body = await render_template(
                 "login.html", form=bind(LoginForm),
-                error=gettext("That codename is not known here. Check every word and try again."))
+                error=gettext("That codename is not known here. Check every word or digit and try again."))
             return Response(body, status=403)
         session.clear()
         session.regenerate()  # type: ignore[attr-defined]
