@@ -1,7 +1,8 @@
 """Intake: turning a tip into ciphertext objects as it arrives, then storing it all or nothing.
 
 A Draft belongs to one request. Each file streams through its own gpg into a store temp file;
-the structured message (answers, text, file list) is encrypted last. Nothing is in the database
+the structured message (answers, text, and the file list with each file's original name, which
+is nowhere else) is encrypted last. Nothing is in the database
 until ``commit``; ``abort`` (or any exception inside ``async with``) kills gpg and deletes every
 temp file, so a rejected, failed or disconnected upload leaves nothing behind.
 """
@@ -71,7 +72,8 @@ class Draft:
             raise SubmissionRejected("too_many_files", status=413)
         pending = self.store.new_object()
         self.objects.append((DocumentRole.FILE, pending))
-        stream = await self.keyring.start_encryption(self.recipients, pending.fd, filename=name)
+        # The name goes into the encrypted message only (add_message), never to gpg.
+        stream = await self.keyring.start_encryption(self.recipients, pending.fd)
         record = FileRecord(name=name, content_type=content_type)
         self.files.append(record)
         self._open = _OpenFile(record, pending, stream)

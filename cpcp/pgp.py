@@ -197,19 +197,20 @@ class Keyring:
 
     # -- streaming --------------------------------------------------------------------------
 
-    async def start_encryption(
-        self, recipients: Sequence[str], output_fd: int, *, filename: str | None = None
-    ) -> EncryptionStream:
-        """Spawn ``gpg --encrypt`` reading from us and writing ciphertext to ``output_fd``."""
+    async def start_encryption(self, recipients: Sequence[str], output_fd: int) -> EncryptionStream:
+        """Spawn ``gpg --encrypt`` reading from us and writing ciphertext to ``output_fd``.
+
+        Nothing about the data is on gpg's command line: any local user can read a process's
+        arguments (ps, /proc/PID/cmdline), so a file's name was visible there while it was
+        encrypted. gpg reads stdin and so writes an empty, neutral name in the literal packet;
+        the original name travels inside the tip's encrypted JSON message (cpcp.intake).
+        """
         if not recipients:
             raise EncryptionFailed("no recipients")
         args: list[str] = [self.gpg_binary, "--homedir", str(self.home), *_COMMON_ARGS,
                            "--compress-algo", "none", "--encrypt"]
         for fpr in recipients:
             args += ["--recipient", fpr]
-        if filename:
-            # The literal packet is inside the encryption: the name is not visible to the server.
-            args += ["--set-filename", filename.encode("utf-8")[:200].decode("utf-8", "ignore")]
         args += ["--output", "-"]
         proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.PIPE, stdout=output_fd,

@@ -20,6 +20,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from .errors import CPCPError
+from .framing import close_after_ambiguous_framing
 from .services import CoreServices, build_core, start_core
 from .settings import Settings, load_settings
 
@@ -79,7 +80,8 @@ def main(
             loop.add_signal_handler(sig, shutdown.set)
         await start_core(core)
         print(f"{prog}: http://{host}:{port}/", flush=True)
-        await serve_app(app, hypercorn_config(host, port), shutdown_trigger=shutdown.wait)
+        await serve_app(close_after_ambiguous_framing(app), hypercorn_config(host, port),
+                        shutdown_trigger=shutdown.wait)
 
     try:
         asyncio.run(run())

@@ -22,7 +22,12 @@ from werkzeug.exceptions import HTTPException
 from wtforms import SelectChoice
 
 from cpcp.cases import CaseView, EventView, UnitView
-from cpcp.codenames import Codename, generate_codename
+from cpcp.codenames import (
+    Codename,
+    generate_codename,
+    generate_digit_codename,
+    to_devanagari_digits,
+)
 from cpcp.errors import (
     DecryptionFailed,
     NotFound,
@@ -113,6 +118,7 @@ def rejection_message(reason: str) -> str:
                             n=core().settings.max_files_per_submission),
         "malformed": _("The upload was incomplete or damaged. Nothing was sent. Please try again."),
         "empty": _("Your tip is empty. Write something or attach a file."),
+        "empty_file": _("The attached file is empty (0 bytes). Nothing was sent. Write something or attach a file that is not empty."),
         "unknown_unit": _("Please choose a police station, cell or the control room from the list."),
         "bad_form": _("Please check the form: some answers are not valid."),
         "expired": _("Your session has ended or the page was too old. Nothing was sent. Log in again with your codename and send it again."),
@@ -201,9 +207,14 @@ def install(app: Quart) -> None:
     async def generate() -> ResponseReturnValue:
         if current_login() is not None:
             return redirect(url_for("case_page"), 303)
-        codename = generate_codename()
+        # Digits for those who read Hindi and not English words (?kind=digits; no script).
+        digits = request.args.get("kind") == "digits"
+        codename: Codename = generate_digit_codename() if digits else generate_codename()
         session[PENDING_CODENAME] = codename
-        return await render_template("generate.html", codename=codename.split(), form=bind(ActionForm))
+        return await render_template(
+            "generate.html", codename=codename.split(), digits=digits, form=bind(ActionForm),
+            devanagari=to_devanagari_digits(codename).split() if digits else None,
+        )
 
     @app.post("/create")
     async def create() -> ResponseReturnValue:
@@ -267,8 +278,9 @@ def install(app: Quart) -> None:
             assert form is not None
             draft = receiver.draft
             text = (form.text.data or "").strip()
-            if not text and not draft.files:
-                raise SubmissionRejected("empty")
+            if not text and not any(f.size for f in draft.files):
+                # Files of 0 bytes carry nothing: with no text, the tip is empty.
+                raise SubmissionRejected("empty_file" if draft.files else "empty")
             await draft.add_message(answers(form, chosen[0], text, events, follow_up=case is not None))
             await draft.commit(source_id=login.source_id, unit=chosen[0])
         except FormRejected as rejected:
@@ -276,7 +288,7 @@ def install(app: Quart) -> None:
                 return await error_page(400, rejection_message("expired"), gettext("Please start again"))
             return await rerender(rejected.form, case, "bad_form", 400)
         except SubmissionRejected as exc:
-            if form is not None and exc.reason in ("empty", "unknown_unit"):
+            if form is not None and exc.reason in ("empty", "empty_file", "unknown_unit"):
                 return await rerender(form, case, exc.reason, exc.status)
             return await error_page(exc.status, rejection_message(exc.reason))
         finally:
@@ -317,7 +329,7 @@ def install(app: Quart) -> None:
         except UnknownCodename:
             body = await render_template(
                 "login.html", form=bind(LoginForm),
-                error=gettext("That codename is not known here. Check every word and try again."))
+                error=gettext("That codename is not known here. Check every word or digit and try again."))
             return Response(body, status=403)
         session.clear()
         session.regenerate()  # type: ignore[attr-defined]

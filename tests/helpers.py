@@ -21,7 +21,7 @@ def csrf(html: str) -> str:
 def codename_of(html: str) -> str:
     match = CODENAME_RE.search(html)
     assert match, "page shows no codename"
-    return " ".join(re.findall(r"<span>([a-z-]+)</span>", match.group(1)))
+    return " ".join(re.findall(r"<span>([a-z0-9-]+)</span>", match.group(1)))
 
 
 Part = tuple[str, str] | tuple[str, str, bytes, str]

@@ -23,7 +23,7 @@ import httpx
 import pyotp
 import pytest
 from quart import Quart
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from cpcp.codenames import generate_codename
 from cpcp.models import AuditEntry, Case, Document, DocumentRole, Officer
@@ -35,7 +35,7 @@ from journalist_app.desk.client import GatewayClient
 from journalist_app.desk.errors import ConfigError, GatewayUnreachable, Unauthorized
 from journalist_app.desk.settings import DeskSettings, load_desk_settings
 
-from .conftest import ROOT, Deployment
+from .conftest import FPR, ROOT, Deployment
 from .helpers import csrf
 from .servers import Server, files_containing, start_server, write_desk_config
 from .test_gateway import PASSPHRASE
@@ -634,3 +634,33 @@ async def test_the_gateway_is_reached_through_socks_with_names_resolved_by_the_p
         proxy.close()
         await proxy.wait_closed()
     assert seen == [(3, "officer-gateway.invalid", 8081)]
+
+
+async def test_a_tip_stored_before_names_left_the_literal_packet_still_shows_its_names(
+    core: CoreServices, browser: httpx.AsyncClient, totp: pyotp.TOTP, desk_settings: DeskSettings,
+    officer_gnupg: Path,
+) -> None:
+    """Files used to be encrypted with ``--set-filename NAME``; such tips read as before."""
+    photo = b"\xff\xd8\xff\xe0" + os.urandom(20_000)
+    case_id = await make_tip(core, "ps-sadar-bazar", "old tip", files=[("IMG_0042.jpg", "image/jpeg", photo)])
+    async with core.sessions() as db:
+        doc = (await db.scalars(select(Document).where(Document.role == DocumentRole.FILE))).one()
+    old_style = subprocess.run(
+        ["gpg", "--homedir", str(officer_gnupg), "--batch", "--quiet", "--trust-model", "always",
+         "--compress-algo", "none", "--encrypt", "--recipient", FPR["officer-a"], "--recipient", FPR["oversight"],
+         "--set-filename", "IMG_0042.jpg"], input=photo, capture_output=True, check=True).stdout
+    core.store.path(doc.object_name).write_bytes(old_style)
+    async with core.sessions.begin() as db:
+        await db.execute(update(Document).where(Document.id == doc.id).values(size=len(old_style)))
+    await desk_login(browser, totp)
+    await desk_sync(browser)
+    page = (await browser.get(f"/cases/{case_id}")).text
+    assert "IMG_0042.jpg" in page
+    download = re.search(r'href="(/cases/\d+/files/\d+)"', page)
+    assert download
+    r = await browser.get(download.group(1))
+    assert r.content == photo and "IMG_0042.jpg" in r.headers["content-disposition"]
+    r = await desk_post(browser, f"/cases/{case_id}/export", token_from=f"/cases/{case_id}")
+    folder = next(desk_settings.export_dir.iterdir())
+    exported = list((folder / "files").iterdir())
+    assert [p.name.split("-", 1)[1] for p in exported] == ["IMG_0042.jpg"] and exported[0].read_bytes() == photo

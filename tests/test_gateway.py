@@ -329,3 +329,38 @@ async def test_document_batch_is_bounded_in_bytes(gateway: Quart, core: CoreServ
     assert set(paths) == set(docs)
     with pytest.raises(BatchTooLarge, match="bytes in one batch"):
         await core.casework.document_paths(officer, list(docs), max_size=total, max_total=total - 1)
+
+
+async def _snapshot(core: CoreServices) -> dict[str, Any]:
+    """What a request could change: every row count, the audit head, the case's metadata."""
+    from cpcp.models import ApiToken, Case
+
+    async with core.sessions() as db:
+        counts = {m.__tablename__: await db.scalar(select(func.count()).select_from(m))
+                  for m in (AuditEntry, Reply, ApiToken, Submission, Document)}
+        cases = [(c.id, c.status, c.priority, c.assignee_id) for c in (await db.scalars(select(Case))).all()]
+    return {"counts": counts, "cases": cases, "store": sorted(p.name for p in core.store.root.rglob("*"))}
+
+
+async def test_a_body_that_is_not_utf8_is_a_clear_400_on_every_json_route(
+    gateway: Quart, core: CoreServices
+) -> None:
+    case_id = await make_case(core, "ps-sadar-bazar")
+    token = await token_for(gateway, "officer-a", await enrol(core, "officer-a"))
+    client = gateway.test_client()
+    routes = [
+        ("POST", "/api/v1/token", {}),
+        ("POST", "/api/v1/documents/batch", auth(token)),
+        ("PATCH", f"/api/v1/cases/{case_id}", auth(token)),
+        ("POST", f"/api/v1/cases/{case_id}/audit", auth(token)),
+        ("POST", f"/api/v1/cases/{case_id}/replies", auth(token)),
+    ]
+    bodies = [b'{"status": "clos\xe9d"}', b"\xff\xfe{\x00}\x00", b'{"handle": "\xc3("}']
+    before = await _snapshot(core)
+    for method, path, headers in routes:
+        for body in bodies:
+            r = await client.open(path, method=method, data=body,
+                                  headers={**headers, "Content-Type": "application/json"})
+            assert r.status_code == 400, (method, path, body)
+            assert "UTF-8" in (await r.get_json())["error"], (method, path)
+    assert await _snapshot(core) == before

@@ -233,3 +233,64 @@ def test_server_refuses_an_old_schema_with_a_clear_message(deployment: Deploymen
     )
     assert done.returncode == 2
     assert "database schema is at 0001" in done.stderr and "cpcp-admin init" in done.stderr
+
+
+def command_lines() -> dict[int, bytes]:
+    """Every process's command line, as any local user can read it (ps, /proc)."""
+    lines = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                lines[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue  # it ended meanwhile
+    return lines
+
+
+async def test_a_file_name_is_on_no_command_line_while_gpg_encrypts_it(
+    deployment: Deployment, server: Server, client: httpx.AsyncClient, officer_gnupg: Path
+) -> None:
+    name = f"IMG_20260107_Ramesh_{secrets.token_hex(4)}.jpg"
+    photo = b"\xff\xd8\xff\xe0" + os.urandom(400_000)
+    await begin(client)
+    token = csrf((await client.get("/submit")).text)
+    body, ctype = multipart([("csrf_token", token), ("unit", "ps-sadar-bazar"), ("kind", "information"),
+                             ("files", name, photo, "image/jpeg")])
+    half = body.index(photo) + len(photo) // 2
+    scans: list[dict[int, bytes]] = []
+    gpg_pids: list[int] = []
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield body[:half]  # the file part has begun: the server is encrypting it now
+        assert await wait_until(lambda: server.gpg_children() != [])
+        gpg_pids.extend(server.gpg_children())
+        for _ in range(5):
+            scans.append(command_lines())
+            await asyncio.sleep(0.05)
+        yield body[half:]
+
+    r = await client.post("/submit", content=slow_body(), headers={"Content-Type": ctype})
+    assert r.status_code == 303
+    # The scan saw gpg itself at work, with its command line...
+    assert gpg_pids and any(b"--encrypt" in scan.get(pid, b"") for scan in scans for pid in gpg_pids)
+    # ...and would see the name if anything carried it there (a process with it in argv).
+    control = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(30)", name)
+    try:
+        assert await wait_until(lambda: any(name.encode() in c for c in command_lines().values()))
+    finally:
+        control.kill()
+        await control.wait()
+    assert not [pid for scan in scans for pid, line in scan.items() if name.encode() in line]
+    # The name is still there for the officers, inside the encrypted message only.
+    core = build_core(deployment.settings)
+    try:
+        async with core.sessions() as db:
+            docs = (await db.scalars(select(Document).order_by(Document.id))).all()
+        message = json.loads(gpg_decrypt(officer_gnupg, core.store.read(docs[0].object_name)))
+        assert message["files"] == [{"name": name, "content_type": "image/jpeg", "size": len(photo)}]
+        assert gpg_decrypt(officer_gnupg, core.store.read(docs[1].object_name)) == photo
+        packets = subprocess.run(["gpg", "--homedir", str(officer_gnupg), "--batch", "--list-packets"],
+                                 input=core.store.read(docs[1].object_name), capture_output=True, check=False)
+        assert name.encode() not in packets.stdout + packets.stderr  # not in the literal packet either
+    finally:
+        await core.close()

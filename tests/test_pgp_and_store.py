@@ -25,7 +25,7 @@ def ring(tmp_path: Path) -> Keyring:
 async def test_streamed_encryption_decrypts_with_stock_gpg(ring: Keyring, tmp_path: Path, officer_gnupg: Path) -> None:
     store = Store(tmp_path / "store")
     pending = store.new_object()
-    stream = await ring.start_encryption([FPR["officer-a"], FPR["oversight"]], pending.fd, filename="फोटो.jpg")
+    stream = await ring.start_encryption([FPR["officer-a"], FPR["oversight"]], pending.fd)
     payload = os.urandom(3 * 1024 * 1024 + 17)
     for i in range(0, len(payload), 65536):
         await stream.write(payload[i : i + 65536])

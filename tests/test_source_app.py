@@ -151,6 +151,10 @@ def _recipients(home: Path, path: Path) -> str:
         ([("unit", "ps-sadar-bazar"), ("kind", "information"), ("when", "yesterday"), ("text", "x")], 400),
         ([("unit", "no-such-unit"), ("kind", "information"), ("text", "x"),
           ("files", "a.bin", b"data", "application/octet-stream")], 400),  # bad unit, with a file
+        ([("unit", "ps-sadar-bazar"), ("kind", "information"),
+          ("files", "empty.jpg", b"", "image/jpeg")], 400),  # an empty file and no text
+        ([("unit", "ps-sadar-bazar"), ("kind", "information"), ("text", " "),
+          ("files", "a.jpg", b"", "image/jpeg"), ("files", "b.jpg", b"", "image/jpeg")], 400),
     ],
 )
 async def test_bad_tips_get_a_clear_page_and_store_nothing(
@@ -354,3 +358,82 @@ async def test_language_link_never_redirects_off_site(app: Quart, target: str) -
 async def test_language_link_keeps_the_page(app: Quart) -> None:
     response = await app.test_client().get("/lang/en", query_string={"next": "/login"})
     assert response.headers["Location"] == "/login" and "cpcp_lang=en" in response.headers["Set-Cookie"]
+
+
+@pytest.mark.parametrize(("lang", "says"), [("en", "empty (0 bytes)"), ("hi", "खाली (0 बाइट)")])
+async def test_an_empty_file_without_text_is_refused_with_a_clear_message(
+    app: Quart, core: CoreServices, deployment: Deployment, lang: str, says: str
+) -> None:
+    client = app.test_client()
+    await client.get(f"/lang/{lang}?next=/")
+    await new_source(client)
+    before = await counts(core)
+    response = await post_tip(client, [("unit", "ps-sadar-bazar"), ("kind", "information"),
+                                       ("files", "IMG_0001.jpg", b"", "image/jpeg")])
+    assert response.status_code == 400
+    assert says in await response.get_data(as_text=True)
+    assert await counts(core) == before and store_files(deployment) == []
+    # The follow-up form of an existing case refuses it the same way.
+    await post_tip(client, [("unit", "ps-sadar-bazar"), ("kind", "information"), ("text", "first")])
+    before = await counts(core)
+    response = await post_tip(client, [("files", "IMG_0002.jpg", b"", "image/jpeg")], page="/case")
+    assert response.status_code == 400 and says in await response.get_data(as_text=True)
+    assert await counts(core) == before
+
+
+async def login_as(app: Quart, typed: str, lang: str = "hi") -> Any:
+    """A new browser logs in with what the source typed; the response to the login POST."""
+    client = app.test_client()
+    await client.get(f"/lang/{lang}?next=/")
+    page = await (await client.get("/login")).get_data(as_text=True)
+    return await client.post("/login", form={"csrf_token": csrf(page), "codename": typed})
+
+
+@pytest.mark.parametrize("lang", ["hi", "en"])
+async def test_a_digit_codename_is_offered_and_logs_in_however_it_is_typed(
+    app: Quart, core: CoreServices, lang: str
+) -> None:
+    client = app.test_client()
+    await client.get(f"/lang/{lang}?next=/")
+    words_page = await (await client.get("/generate")).get_data(as_text=True)
+    assert 'name="kind" value="digits"' in words_page  # the second button, no script
+    assert {"hi": "अंग्रेज़ी शब्दों की जगह अंक", "en": "Digits instead of English words"}[lang] in words_page
+    page = await (await client.get("/generate", query_string={"kind": "digits"})).get_data(as_text=True)
+    assert_clean_page(page)
+    codename = codename_of(page)
+    assert re.fullmatch(r"\d{4} \d{4} \d{4} \d{4}", codename)
+    devanagari = codename.translate(str.maketrans("0123456789", "०१२३४५६७८९"))
+    assert (devanagari in page.replace("</span> <span>", " ")) == (lang == "hi")
+    assert 'href="/generate?kind=digits"' in page  # "a different codename" stays digits
+    r = await client.post("/create", form={"csrf_token": csrf(page)})
+    assert r.status_code == 303 and r.headers["Location"].endswith("/submit")
+    await post_tip(client, [("unit", "ps-sadar-bazar"), ("kind", "information"), ("text", "digits")])
+    typings = [codename, codename.replace(" ", "-"), codename.replace(" ", ""), devanagari,
+               f" {devanagari[:9]}-{codename[10:]} ".replace(" ", "  ")]
+    for typed in typings:
+        r = await login_as(app, typed)
+        assert r.status_code == 303 and r.headers["Location"].endswith("/case"), typed
+    wrong = codename[:-1] + str((int(codename[-1]) + 1) % 10)
+    r = await login_as(app, wrong, lang)
+    assert r.status_code == 403
+    assert {"hi": "हर शब्द या अंक", "en": "every word or digit"}[lang] in await r.get_data(as_text=True)
+
+
+async def test_word_codenames_with_hyphenated_words_log_in_with_punctuation_between_words(
+    app: Quart, core: CoreServices
+) -> None:
+    from cpcp.codenames import normalize_codename
+
+    codename = "t-shirt drop-down abacus felt-tip zoom yo-yo shirt"
+    await core.sources.create(normalize_codename(codename))
+    typings = [
+        codename,
+        "T-Shirt, Drop-Down; abacus. felt-tip! zoom? yo-yo: shirt",
+        "t-shirt-drop-down-abacus-felt-tip-zoom-yo-yo-shirt",
+        "t‐shirt / drop–down / abacus / felt—tip / zoom / yo‑yo / shirt",
+    ]
+    for typed in typings:
+        r = await login_as(app, typed)
+        assert r.status_code == 303 and r.headers["Location"].endswith("/case"), typed
+    r = await login_as(app, "t-shirt drop down abacus felt-tip zoom yo-yo shirt")  # "drop" is no word
+    assert r.status_code == 403

@@ -18,6 +18,7 @@ from hypercorn.config import Config
 
 from . import create_app
 from .errors import DeskError
+from .framing import close_after_ambiguous_framing
 from .settings import load_desk_settings
 
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, shutdown.set)
         print(f"cpcp-desk: http://{settings.host}:{settings.port}/", flush=True)
-        await serve(app, hypercorn_config(settings.host, settings.port), shutdown_trigger=shutdown.wait)
+        await serve(close_after_ambiguous_framing(app), hypercorn_config(settings.host, settings.port), shutdown_trigger=shutdown.wait)
 
     asyncio.run(run())
     return 0

@@ -87,6 +87,19 @@ def install(app: Quart) -> None:
         g.officer = identity
         return None
 
+    @app.before_request
+    async def require_utf8_json() -> Response | None:
+        # JSON is UTF-8 (RFC 8259). Quart decodes the body strictly inside get_json, so any
+        # other bytes were an unhandled UnicodeDecodeError (a 500) on every JSON route. The
+        # body is bounded by MAX_CONTENT_LENGTH and cached for the view's own get_json.
+        if request.method in ("POST", "PUT", "PATCH") and request.is_json:
+            body = await request.get_data(cache=True, as_text=False, parse_form_data=False)
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                return error(400, "the request body is not valid UTF-8; JSON must be UTF-8")
+        return None
+
     @app.after_request
     async def headers(response: Response) -> Response:
         response.headers.update(SECURITY_HEADERS)

@@ -436,12 +436,12 @@ async def journey(browser: Browser, lang: str, onion: str, recorder: Recorder, s
 
     await s.follow('main a[href="/"]', path="/")
     await s.follow('a.button[href="/login"]', path="/login")
-    await s.shows("Log in with your codename", "Your codename (seven words)")
+    await s.shows("Log in with your codename", "Your codename (seven words, or sixteen digits)")
     await s.shot("06-login")
 
     await s.page.fill("#codename", str(generate_codename()))
     await s.follow('form[action="/login"] button', path="/login", status=403)
-    await s.shows("That codename is not known here. Check every word and try again.")
+    await s.shows("That codename is not known here. Check every word or digit and try again.")
     await s.shot("07-login-error")
 
     # The codename shown on /generate, typed as a source would (case and spaces do not matter).
