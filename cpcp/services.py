@@ -102,6 +102,10 @@ async def check_keys(core: CoreServices) -> None:
                         ring.require_encryption_key, officer.fingerprint,
                         who=f"officer {officer.handle} of {unit.slug}",
                     )
+        custodians = (await db.scalars(select(Officer).where(Officer.active, Officer.is_custodian))).all()
+        for custodian in custodians:
+            await asyncio.to_thread(ring.require_encryption_key, custodian.fingerprint,
+                                    who=f"custodian {custodian.handle}")
         pinned = set((await db.scalars(select(Officer.fingerprint))).all())
     pinned.add(core.settings.oversight_fingerprint)
     secret = await asyncio.to_thread(ring.secret_fingerprints)
