@@ -195,6 +195,7 @@ class Case(Base):
     replies: Mapped[list[Reply]] = relationship(
         back_populates="case", order_by="Reply.id", lazy="selectin"
     )
+    sealed_identity: Mapped[SealedIdentity | None] = relationship(lazy="selectin", uselist=False)
 
 
 class Submission(Base):

@@ -13,6 +13,7 @@ from .audit import AuditLog
 from .cases import Cases
 from .casework import Casework
 from .db import make_engine, make_sessionmaker
+from .disclosure import Disclosures
 from .errors import KeyProblem
 from .intake import Intake
 from .migrate import require_current_schema
@@ -41,6 +42,7 @@ class CoreServices:
     audit: AuditLog
     officer_auth: OfficerAuth
     casework: Casework
+    disclosures: Disclosures
     started: bool = False
 
     async def close(self) -> None:
@@ -77,10 +79,12 @@ def build_core(settings: Settings) -> CoreServices:
     )
     casework = Casework(sessions=sessions, store=store, source_keys=source_keys,
                         officer_keys=officer_keys, audit=audit)
+    disclosures = Disclosures(sessions=sessions, store=store, officer_keys=officer_keys, audit=audit)
     return CoreServices(
         settings=settings, secrets=secrets, engine=engine, sessions=sessions, store=store,
         officer_keys=officer_keys, source_keys=source_keys, cases=cases, sources=sources,
         intake=intake, audit=audit, officer_auth=officer_auth, casework=casework,
+        disclosures=disclosures,
     )
 
 
