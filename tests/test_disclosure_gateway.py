@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import secrets
 import subprocess
 from collections.abc import AsyncIterator
@@ -15,8 +16,8 @@ from quart import Quart
 from sqlalchemy import select
 
 from cpcp.codenames import generate_codename
-from cpcp.models import AuditEntry, Submission
-from cpcp.services import CoreServices
+from cpcp.models import AuditEntry, DisclosureRequest, SealedIdentity, Submission
+from cpcp.services import CoreServices, start_core
 
 from .conftest import FPR, Deployment, gpg_decrypt, gpg_encrypt
 from .test_gateway import auth, enrol, make_case, token_for
@@ -99,8 +100,8 @@ async def test_disclosure_needs_a_reason_a_custodian_and_the_requesters_key(
     details = gpg_decrypt(custodian_gnupg, await sealed.get_data())  # at the custodian's desk
     assert canary in json.loads(details)["contact"]
     # The requester's key, from the gateway (a custodian may have any officer's key).
-    for who in ("officer-a", "officer-b"):
-        key = await client.get(f"/api/v1/officers/{FPR[who]}/key", headers=sp)
+    for handle in ("officer-a", "officer-b"):
+        key = await client.get(f"/api/v1/officers/{FPR[handle]}/key", headers=sp)
         assert key.status_code == 200
         subprocess.run(["gpg", "--homedir", str(custodian_gnupg), "--batch", "--import"],
                        input=(await key.get_json())["armored"].encode(), check=True, capture_output=True)
@@ -136,6 +137,16 @@ async def test_disclosure_needs_a_reason_a_custodian_and_the_requesters_key(
     for path in deployment.settings.data_dir.rglob("*"):
         if path.is_file():
             assert canary.encode() not in path.read_bytes(), path
+
+    # The start-up sweep of unreferenced objects keeps the sealed and the disclosed ciphertexts.
+    async with core.sessions() as db:
+        kept = [core.store.path((await db.scalars(select(SealedIdentity.object_name))).one()),
+                core.store.path((await db.scalars(select(DisclosureRequest.object_name))).one() or "")]
+    for path in kept:
+        os.utime(path, (0, 0))  # old enough to be swept if nothing referred to it
+    core.started = False
+    await start_core(core)
+    assert all(path.exists() for path in kept)
 
 
 async def test_a_refused_request_discloses_nothing(gateway: Quart, core: CoreServices) -> None:
