@@ -47,6 +47,7 @@ async def deploy(settings: Settings) -> None:
             sessions=core.sessions,
         )
         await check_keys(core)
+        print(await _custodian_line(core))
     finally:
         await core.close()
 
@@ -108,8 +109,18 @@ async def _check(settings: Settings) -> None:
     core = build_core(settings)
     try:
         await check_keys(core)
+        print(await _custodian_line(core))
     finally:
         await core.close()
+
+
+async def _custodian_line(core: CoreServices) -> str:
+    """Whether sources may leave contact details: only with a custodian to seal them to."""
+    custodians = await core.cases.custodian_fingerprints()
+    if not custodians:
+        return ("no custodian in the deployment: the tip form does not offer contact details "
+                "(mark the SP or an ASP 'custodian = true' to offer them)")
+    return f"contact details are sealed to {len(custodians)} custodian key(s)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,17 +9,21 @@ import asyncio
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .errors import NotFound, SubmissionRejected
 from .models import (
     Case,
     CaseStatus,
+    DisclosureRequest,
+    DisclosureStatus,
     Document,
     DocumentRole,
     Event,
+    Officer,
     Reply,
+    SealedIdentity,
     Submission,
     Unit,
     UnitKind,
@@ -71,6 +75,19 @@ class CaseView:
     updated_at: dt.datetime
     submission_count: int
     replies: tuple[ReplyView, ...]
+    # Contact details left with the tip are sealed; the day they were first disclosed to an
+    # officer, if ever (the source is told, to the day: finer would help no one and say more).
+    identity_sealed: bool = False
+    identity_disclosed_on: dt.date | None = None
+
+
+@dataclass(frozen=True)
+class RecentActivity:
+    """What a source sent in the last window: for the per-codename limits."""
+
+    submissions: int
+    files: int
+    oldest: dt.datetime | None
 
 
 def _unit_view(unit: Unit) -> UnitView:
@@ -111,11 +128,50 @@ class Cases:
         """A unit's designated officers and the district oversight key."""
         return sorted({*unit.officer_fingerprints, self._oversight})
 
+    async def custodian_fingerprints(self) -> list[str]:
+        """The keys contact details are sealed to: active custodians only, never the unit's
+        and not the oversight key. Empty: the deployment offers no contact details."""
+        async with self._sessions() as db:
+            fprs = (await db.scalars(
+                select(Officer.fingerprint).where(Officer.active, Officer.is_custodian)
+            )).all()
+        return sorted(fprs)
+
+    async def recent_activity(self, source_id: int, *, since: dt.datetime) -> RecentActivity:
+        """Submissions and files this source sent since ``since`` (received times are to the
+        minute, so the window is too)."""
+        async with self._sessions() as db:
+            count, oldest = (await db.execute(
+                select(func.count(Submission.id), func.min(Submission.received_at))
+                .join(Case, Submission.case_id == Case.id)
+                .where(Case.source_id == source_id, Submission.received_at >= since)
+            )).one()
+            files = await db.scalar(
+                select(func.count(Document.id))
+                .join(Submission, Document.submission_id == Submission.id)
+                .join(Case, Submission.case_id == Case.id)
+                .where(Case.source_id == source_id, Submission.received_at >= since,
+                       Document.role == DocumentRole.FILE)
+            )
+        if isinstance(oldest, str):  # SQLite returns the aggregate of a typed column raw
+            oldest = dt.datetime.fromisoformat(oldest)
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=dt.UTC)
+        return RecentActivity(submissions=int(count or 0), files=int(files or 0), oldest=oldest)
+
     async def case_of_source(self, source_id: int) -> CaseView | None:
         async with self._sessions() as db:
             case = await db.scalar(select(Case).where(Case.source_id == source_id))
             if case is None:
                 return None
+            sealed = await db.scalar(select(SealedIdentity.id).where(SealedIdentity.case_id == case.id))
+            disclosed = await db.scalar(
+                select(func.min(DisclosureRequest.disclosed_at))
+                .where(DisclosureRequest.case_id == case.id,
+                       DisclosureRequest.status == DisclosureStatus.DISCLOSED)
+            )
+            if isinstance(disclosed, str):
+                disclosed = dt.datetime.fromisoformat(disclosed)
             return CaseView(
                 id=case.id, public_id=case.public_id, unit=_unit_view(case.unit),
                 status=case.status, received_at=case.received_at, updated_at=case.updated_at,
@@ -125,6 +181,8 @@ class Cases:
                     for r in case.replies
                     if not r.deleted_by_source and r.object_name
                 ),
+                identity_sealed=sealed is not None,
+                identity_disclosed_on=disclosed.date() if disclosed is not None else None,
             )
 
     async def record_submission(
@@ -133,8 +191,11 @@ class Cases:
         source_id: int,
         unit: UnitView,
         objects: list[tuple[DocumentRole, PendingObject]],
+        sealed: PendingObject | None = None,
     ) -> int:
         """Move the finished ciphertexts into the store and record them in one transaction.
+        ``sealed`` is the contact details' ciphertext (to the custodians), kept apart from the
+        documents so no officer's sync can fetch it; a case keeps the first one it got.
 
         Objects are made durable before the commit; if the commit fails they are removed, so
         the tip is either wholly stored and acknowledged or not at all.
@@ -149,7 +210,8 @@ class Cases:
                     await db.flush()
                 else:
                     case.updated_at = utcnow_minute()
-                submission = Submission(case_id=case.id)
+                # A spam case's further messages are kept but raise no alert.
+                submission = Submission(case_id=case.id, raises_alert=not case.spam)
                 db.add(submission)
                 await db.flush()
                 for role, pending in objects:
@@ -160,6 +222,15 @@ class Cases:
                     )
                     committed.append(name)
                     db.add(Document(submission_id=submission.id, role=role, object_name=name, size=size))
+                if sealed is not None:
+                    had = await db.scalar(select(SealedIdentity.id).where(SealedIdentity.case_id == case.id))
+                    if had is not None:
+                        raise SubmissionRejected("contact_already")
+                    size = sealed.size()
+                    name = await asyncio.to_thread(
+                        self._store.commit, sealed, case_public_id=case.public_id, role="sealed")
+                    committed.append(name)
+                    db.add(SealedIdentity(case_id=case.id, object_name=name, size=size))
                 await db.flush()
                 return submission.id
         except BaseException:
@@ -197,4 +268,8 @@ class Cases:
         async with self._sessions() as db:
             docs = (await db.scalars(select(Document.object_name))).all()
             replies = (await db.scalars(select(Reply.object_name).where(Reply.object_name.is_not(None)))).all()
-        return {*docs, *(r for r in replies if r)}
+            sealed = (await db.scalars(select(SealedIdentity.object_name))).all()
+            disclosed = (await db.scalars(
+                select(DisclosureRequest.object_name).where(DisclosureRequest.object_name.is_not(None))
+            )).all()
+        return {*docs, *(r for r in replies if r), *sealed, *(d for d in disclosed if d)}

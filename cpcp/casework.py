@@ -57,6 +57,7 @@ class CaseChanges:
     labels: list[str] | None = None
     assignee_id: int | None = None
     unassign: bool = False
+    spam: bool | None = None
 
 
 def case_summary(case: Case) -> dict[str, Any]:
@@ -69,12 +70,15 @@ def case_summary(case: Case) -> dict[str, Any]:
         "priority": case.priority.value,
         "labels": list(case.labels or []),
         "assignee": case.assignee_id,
+        "spam": case.spam,
+        "identity_sealed": case.sealed_identity is not None,
         "received_at": case.received_at.isoformat(),
         "updated_at": case.updated_at.isoformat(),
         "submissions": [
             {
                 "id": s.id,
                 "received_at": s.received_at.isoformat(),
+                "raises_alert": s.raises_alert,
                 "documents": [{"id": d.id, "role": d.role.value, "size": d.size} for d in s.documents],
             }
             for s in case.submissions
@@ -121,11 +125,15 @@ class Casework:
             ]
 
     async def officer_public_key(self, officer: OfficerIdentity, fingerprint: str) -> str:
+        """A key of an officer of one of your units; a custodian may have any officer's key
+        (to re-encrypt a disclosure to its requester), and everyone the custodians' keys."""
         async with self._sessions() as db:
-            known = await db.scalar(
-                select(Officer.id).join(Officer.units).where(Officer.fingerprint == fingerprint,
-                                                             Unit.id.in_(officer.unit_ids))
-            )
+            query = select(Officer.id).where(Officer.fingerprint == fingerprint, Officer.active)
+            if not officer.is_custodian:
+                in_units = select(unit_officers.c.officer_id).where(
+                    unit_officers.c.unit_id.in_(officer.unit_ids))
+                query = query.where(Officer.is_custodian | Officer.id.in_(in_units))
+            known = await db.scalar(query)
         if known is None:
             raise NotFound("no such officer key")
         return await asyncio.to_thread(self._officer_keys.export_public_key, fingerprint)
@@ -266,6 +274,10 @@ class Casework:
                 if labels != list(case.labels or []):
                     case.labels = labels
                     done["labels"] = labels
+            if changes.spam is not None and changes.spam != case.spam:
+                # Reversible and audited; later messages of a spam case raise no alert.
+                case.spam = changes.spam
+                done["spam"] = changes.spam
             if changes.unassign:
                 if case.assignee_id is not None:
                     case.assignee_id = None

@@ -6,12 +6,24 @@
     fingerprint = "40 HEX DIGITS"      # pinned: the key file must hold exactly this key
     key_file = "sho-sadar.asc"         # in keys_dir
 
+    [[officers]]
+    handle = "sp"
+    name = "Superintendent of Police"
+    fingerprint = "40 HEX DIGITS"
+    key_file = "sp.asc"
+    custodian = true                   # the SP or a designated ASP; needs no unit
+
     [[units]]
     slug = "ps-sadar-bazar"
     kind = "police_station"            # police_station | cell | control_room
     name_en = "Sadar Bazar Police Station"
     name_hi = "थाना सदर बाजार"
     officers = ["sho-sadar"]
+
+Custodians hold the keys that sources' contact details are sealed to (never the units' keys),
+and only they approve a disclosure to a case officer. A deployment without any custodian does
+not offer contact details on the tip form at all, and says so there (``cpcp-admin deploy`` and
+``check`` say so too): details no one could ever unseal would only endanger the source.
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ class OfficerSpec:
     name: str
     fingerprint: str
     key_file: str
+    custodian: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,10 @@ class Deployment:
     officers: tuple[OfficerSpec, ...]
     units: tuple[UnitSpec, ...]
 
+    @property
+    def custodians(self) -> tuple[OfficerSpec, ...]:
+        return tuple(o for o in self.officers if o.custodian)
+
 
 def load_deployment(path: Path) -> Deployment:
     """Parse and validate; every problem is a ConfigError naming the entry."""
@@ -69,6 +86,7 @@ def load_deployment(path: Path) -> Deployment:
                 handle=str(entry["handle"]), name=str(entry["name"]),
                 fingerprint=str(entry["fingerprint"]).replace(" ", "").upper(),
                 key_file=str(entry["key_file"]),
+                custodian=entry.get("custodian", False),
             )
         except KeyError as exc:
             raise ConfigError(f"officers[{i}] lacks {exc}") from exc
@@ -76,6 +94,8 @@ def load_deployment(path: Path) -> Deployment:
             raise ConfigError(f"officer {spec.handle!r}: handle must be lower-case letters, digits, . _ -")
         if not _FPR.match(spec.fingerprint):
             raise ConfigError(f"officer {spec.handle}: fingerprint must be 40 hex digits")
+        if not isinstance(spec.custodian, bool):
+            raise ConfigError(f"officer {spec.handle}: custodian must be true or false")
         officers.append(spec)
     handles = {o.handle for o in officers}
     if len(handles) != len(officers):
@@ -142,6 +162,7 @@ async def apply_deployment(
                 by_handle[spec.handle] = officer
             officer.display_name = spec.name
             officer.fingerprint = spec.fingerprint
+            officer.is_custodian = spec.custodian
             officer.active = True
         await db.flush()
         by_slug = {u.slug: u for u in (await db.scalars(select(Unit))).all()}

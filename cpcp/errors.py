@@ -53,3 +53,11 @@ class Throttled(CPCPError):
 
 class NotFound(CPCPError):
     """The object does not exist or does not belong to the asking source."""
+
+
+class RateLimited(SubmissionRejected):
+    """This codename sent as much as it may in the window; nothing of it was kept."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("rate_limited", status=429)
+        self.retry_after = retry_after

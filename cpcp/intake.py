@@ -5,6 +5,10 @@ the structured message (answers, text, and the file list with each file's origin
 is nowhere else) is encrypted last. Nothing is in the database
 until ``commit``; ``abort`` (or any exception inside ``async with``) kills gpg and deletes every
 temp file, so a rejected, failed or disconnected upload leaves nothing behind.
+
+Contact details a source chooses to leave are sealed: encrypted to the custodians' keys only
+(never the unit's, never the oversight key), into their own object, so that reading the tip
+does not reveal who sent it; only a custodian's approval discloses them (cpcp/disclosure.py).
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from types import TracebackType
 from typing import Any, Self
 
 from .cases import Cases, UnitView
-from .errors import SubmissionRejected
+from .errors import RateLimited, SubmissionRejected
 from .models import DocumentRole
 from .pgp import EncryptionStream, Keyring
 from .store import PendingObject, Store
 
 MESSAGE_FORMAT = "cpcp-tip/1"
+CONTACT_FORMAT = "cpcp-contact/1"
 
 
 @dataclass
@@ -46,7 +51,11 @@ class Draft:
     recipients: Sequence[str]
     max_bytes: int
     max_files: int
+    custodians: Sequence[str] = ()
+    # Files this source may still send this hour (per-codename limit); None: no limit.
+    files_budget: int | None = None
     objects: list[tuple[DocumentRole, PendingObject]] = field(default_factory=list)
+    sealed: PendingObject | None = None
     files: list[FileRecord] = field(default_factory=list)
     received_bytes: int = 0
     _open: _OpenFile | None = None
@@ -70,6 +79,8 @@ class Draft:
             await self.close_file()
         if len(self.files) >= self.max_files:
             raise SubmissionRejected("too_many_files", status=413)
+        if self.files_budget is not None and len(self.files) >= self.files_budget:
+            raise RateLimited(retry_after=3600)  # the view tells the real wait
         pending = self.store.new_object()
         self.objects.append((DocumentRole.FILE, pending))
         # The name goes into the encrypted message only (add_message), never to gpg.
@@ -112,15 +123,34 @@ class Draft:
             await stream.abort()
             raise
 
+    async def add_contact(self, contact: str) -> None:
+        """Seal the source's contact details to the custodians' keys, in their own object."""
+        if not self.custodians:
+            raise SubmissionRejected("no_custodian")
+        body = {"format": CONTACT_FORMAT, "contact": contact}
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        self._count(len(data))
+        pending = self.store.new_object()
+        self.sealed = pending
+        stream = await self.keyring.start_encryption(self.custodians, pending.fd)
+        try:
+            await stream.write(data)
+            await stream.finish()
+        except BaseException:
+            await stream.abort()
+            raise
+
     async def commit(self, *, source_id: int, unit: UnitView) -> int:
         """Store every object and the rows in one go; returns the submission id."""
         if self._open is not None:
             await self.close_file()
         objects, self.objects = self.objects, []
+        sealed, self.sealed = self.sealed, None
         try:
-            return await self.cases.record_submission(source_id=source_id, unit=unit, objects=objects)
+            return await self.cases.record_submission(source_id=source_id, unit=unit, objects=objects,
+                                                      sealed=sealed)
         except BaseException:
-            for _, pending in objects:
+            for pending in [p for _, p in objects] + ([sealed] if sealed else []):
                 self.store.discard(pending)
             raise
 
@@ -131,6 +161,9 @@ class Draft:
         for _, pending in self.objects:
             self.store.discard(pending)
         self.objects = []
+        if self.sealed is not None:
+            self.store.discard(self.sealed)
+            self.sealed = None
 
 
 class Intake:
@@ -141,9 +174,10 @@ class Intake:
         self._max_bytes = max_bytes
         self._max_files = max_files
 
-    def draft(self, unit: UnitView) -> Draft:
+    def draft(self, unit: UnitView, *, custodians: Sequence[str] = (),
+              files_budget: int | None = None) -> Draft:
         return Draft(
             store=self._store, keyring=self._keyring, cases=self._cases,
             recipients=self._cases.recipients(unit), max_bytes=self._max_bytes,
-            max_files=self._max_files,
+            max_files=self._max_files, custodians=tuple(custodians), files_budget=files_budget,
         )

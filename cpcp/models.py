@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     false,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -87,6 +88,13 @@ class CasePriority(enum.StrEnum):
     URGENT = "urgent"
 
 
+class DisclosureStatus(enum.StrEnum):
+    PENDING = "pending"  # asked by the case officer, waiting for a custodian
+    REFUSED = "refused"
+    APPROVED = "approved"  # a custodian said yes; their desk is re-encrypting
+    DISCLOSED = "disclosed"  # the re-encrypted details are stored for the requester
+
+
 class DocumentRole(enum.StrEnum):
     MESSAGE = "message"  # the structured answers and free text, as JSON
     FILE = "file"
@@ -138,6 +146,9 @@ class Officer(Base):
     totp_last_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # A custodian (the SP, a designated ASP): contact details are sealed to custodians' keys,
+    # and only a custodian may approve their disclosure to a case officer.
+    is_custodian: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Source(Base):
@@ -174,6 +185,9 @@ class Case(Base):
         default=CasePriority.NORMAL, server_default=CasePriority.NORMAL.value,
     )
     labels: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    # Marked as spam or a prank by an officer (audited, reversible): hidden from the inbox,
+    # and later messages raise no alert.
+    spam: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     unit: Mapped[Unit] = relationship(lazy="joined")
     submissions: Mapped[list[Submission]] = relationship(
         back_populates="case", order_by="Submission.id", lazy="selectin"
@@ -181,6 +195,7 @@ class Case(Base):
     replies: Mapped[list[Reply]] = relationship(
         back_populates="case", order_by="Reply.id", lazy="selectin"
     )
+    sealed_identity: Mapped[SealedIdentity | None] = relationship(lazy="selectin", uselist=False)
 
 
 class Submission(Base):
@@ -190,6 +205,9 @@ class Submission(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow_minute)
+    # Decided when it arrives (false in a spam case): the flag the alert code reads, so that
+    # unmarking a case later does not alert for what came while it was spam.
+    raises_alert: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     case: Mapped[Case] = relationship(back_populates="submissions")
     documents: Mapped[list[Document]] = relationship(
         back_populates="submission", order_by="Document.id", lazy="selectin"
@@ -225,6 +243,41 @@ class Reply(Base):
     # The source deleted it: the ciphertext is gone, the row tells officers it was read and removed.
     deleted_by_source: Mapped[bool] = mapped_column(Boolean, default=False)
     case: Mapped[Case] = relationship(back_populates="replies")
+
+
+class SealedIdentity(Base):
+    """A source's contact details: one ciphertext object encrypted to the custodians' keys
+    only, never to the unit. The server cannot read it; officers never download it."""
+
+    __tablename__ = "sealed_identities"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), unique=True)
+    object_name: Mapped[str] = mapped_column(String(200), unique=True)
+    size: Mapped[int] = mapped_column(Integer)
+
+
+class DisclosureRequest(Base):
+    """A case officer asks for a sealed identity, with a reason; a custodian decides. On
+    approval the custodian's desk re-encrypts the details to the requester's key and the
+    ciphertext is kept here (``object_name``). The reason is the officer's own words, in
+    clear: custodians must read it, and it is part of the record."""
+
+    __tablename__ = "disclosure_requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    requester_id: Mapped[int] = mapped_column(ForeignKey("officers.id"), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[DisclosureStatus] = mapped_column(
+        Enum(DisclosureStatus, native_enum=False, length=20, create_constraint=True,
+             values_callable=lambda e: [m.value for m in e], name="disclosure_status"),
+        default=DisclosureStatus.PENDING,
+    )
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow_minute)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"), nullable=True)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    object_name: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    disclosed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class ApiToken(Base):

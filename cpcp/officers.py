@@ -49,6 +49,7 @@ class OfficerIdentity:
     display_name: str
     is_admin: bool
     unit_ids: frozenset[int]
+    is_custodian: bool = False
 
 
 def suggest_passphrase(words: int = 7) -> str:
@@ -68,6 +69,7 @@ def _identity(officer: Officer) -> OfficerIdentity:
     return OfficerIdentity(
         id=officer.id, handle=officer.handle, display_name=officer.display_name,
         is_admin=officer.is_admin, unit_ids=frozenset(u.id for u in officer.units if u.active),
+        is_custodian=officer.is_custodian,
     )
 
 

@@ -13,6 +13,7 @@ from .audit import AuditLog
 from .cases import Cases
 from .casework import Casework
 from .db import make_engine, make_sessionmaker
+from .disclosure import Disclosures
 from .errors import KeyProblem
 from .intake import Intake
 from .migrate import require_current_schema
@@ -41,6 +42,7 @@ class CoreServices:
     audit: AuditLog
     officer_auth: OfficerAuth
     casework: Casework
+    disclosures: Disclosures
     started: bool = False
 
     async def close(self) -> None:
@@ -83,10 +85,12 @@ def build_core(settings: Settings) -> CoreServices:
     )
     casework = Casework(sessions=sessions, store=store, source_keys=source_keys,
                         officer_keys=officer_keys, audit=audit)
+    disclosures = Disclosures(sessions=sessions, store=store, officer_keys=officer_keys, audit=audit)
     return CoreServices(
         settings=settings, secrets=secrets, engine=engine, sessions=sessions, store=store,
         officer_keys=officer_keys, source_keys=source_keys, cases=cases, sources=sources,
         intake=intake, audit=audit, officer_auth=officer_auth, casework=casework,
+        disclosures=disclosures,
     )
 
 
@@ -108,6 +112,10 @@ async def check_keys(core: CoreServices) -> None:
                         ring.require_encryption_key, officer.fingerprint,
                         who=f"officer {officer.handle} of {unit.slug}",
                     )
+        custodians = (await db.scalars(select(Officer).where(Officer.active, Officer.is_custodian))).all()
+        for custodian in custodians:
+            await asyncio.to_thread(ring.require_encryption_key, custodian.fingerprint,
+                                    who=f"custodian {custodian.handle}")
         pinned = set((await db.scalars(select(Officer.fingerprint))).all())
     pinned.add(core.settings.oversight_fingerprint)
     secret = await asyncio.to_thread(ring.secret_fingerprints)

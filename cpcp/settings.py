@@ -64,6 +64,11 @@ class SourceSettings:
     login_failures_per_minute: int = 30
     # Concurrent codename hashes; each costs ``kdf.memory_kib`` of memory.
     login_concurrency: int = 2
+    # Per-codename limits over the last hour, against floods and pranks without a CAPTCHA
+    # (which would need JavaScript or a third party): sendings (the tip and follow-ups) and
+    # files in them. Past either, a 429 page says when to come back; nothing is stored.
+    submissions_per_hour: int = 10
+    files_per_hour: int = 60
 
 
 @dataclass(frozen=True)
@@ -265,6 +270,8 @@ def validate(settings: Settings) -> Settings:
            src.login_circuits_tracked) < 1 or src.login_circuit_idle < 0 or src.login_failure_delay < 0:
         raise ConfigError("source login_* settings must be >= 1 (login_circuit_idle and "
                           "login_failure_delay >= 0)")
+    if settings.source.submissions_per_hour < 1 or settings.source.files_per_hour < 0:
+        raise ConfigError("source submissions_per_hour must be >= 1 and files_per_hour >= 0")
     include = settings.tor.torrc_include
     if include is not None:
         # Checked here so that a typo stops every program at start-up, not tor much later.

@@ -54,6 +54,9 @@ class LoginForm(CSRFForm):
 
 class FollowUpForm(CSRFForm):
     text = TextAreaField(validators=[Optional(), Length(max=20_000)])
+    # The honeypot: hidden from people (CSS, aria-hidden, out of the tab order), labelled
+    # "leave empty"; form-filling bots fill it. No CAPTCHA: that would need JavaScript.
+    website = StringField(validators=[Optional(), Length(max=500)])
 
 
 class TipForm(FollowUpForm):
@@ -65,3 +68,5 @@ class TipForm(FollowUpForm):
     area = SelectField(choices=[], validators=[Optional()], validate_choice=True)
     when = DateTimeLocalField(validators=[Optional()], format="%Y-%m-%dT%H:%M")
     event = SelectField(choices=[], validators=[Optional()], validate_choice=True)
+    # Optional; sealed to the custodians' keys only (cpcp/intake.py).
+    contact = TextAreaField(validators=[Optional(), Length(max=1000)])

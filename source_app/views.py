@@ -31,6 +31,7 @@ from cpcp.codenames import (
 from cpcp.errors import (
     DecryptionFailed,
     NotFound,
+    RateLimited,
     StoreError,
     SubmissionRejected,
     Throttled,
@@ -45,7 +46,7 @@ from cpcp.sources import SourceLogin
 from .circuits import caller_of
 from .forms import CATEGORIES, KINDS, ActionForm, CSRFForm, FollowUpForm, LoginForm, TipForm
 from .upload import TipReceiver
-from .web import LANG_COOKIE, gettext, safe_next
+from .web import LANG_COOKIE, gettext, ngettext, safe_next
 
 LOGIN = "login"
 NEW_CODENAME = "new_codename"  # shown once more on the first submit page, then dropped
@@ -123,6 +124,9 @@ def rejection_message(reason: str) -> str:
         "bad_form": _("Please check the form: some answers are not valid."),
         "expired": _("Your session has ended or the page was too old. Nothing was sent. Log in again with your codename and send it again."),
         "not_multipart": _("The upload was incomplete or damaged. Nothing was sent. Please try again."),
+        "honeypot": _("The field marked “leave this field empty” was filled in, as automatic programs do. Nothing was sent. If you are a person, leave that field empty and send again."),
+        "no_custodian": _("This site does not accept contact details. Nothing was sent. Remove them and send again."),
+        "contact_already": _("Your contact details were already given with your first tip. Nothing was sent."),
     }.get(reason, _("Your tip could not be accepted. Nothing was sent."))
 
 
@@ -130,6 +134,20 @@ async def error_page(status: int, message: str, title: str | None = None) -> Res
     body = await render_template("error.html", status=status, title=title or gettext("Something went wrong"),
                                  message=message)
     return Response(body, status=status, content_type="text/html; charset=utf-8")
+
+
+async def rate_limited_page(since: dt.datetime, oldest: dt.datetime | None) -> Response:
+    """429: this codename sent its hour's worth; says in how many minutes to come back."""
+    now = dt.datetime.now(dt.UTC)
+    free_at = (oldest or now) + dt.timedelta(hours=1)
+    minutes = max(1, -(-int((free_at - now).total_seconds()) // 60))
+    message = ngettext(
+        "You have sent as much as one codename may send in an hour. Nothing was sent. Please come back in %(num)s minute and send it again.",
+        "You have sent as much as one codename may send in an hour. Nothing was sent. Please come back in %(num)s minutes and send it again.",
+        minutes)
+    response = await error_page(429, message, gettext("Please wait"))
+    response.headers["Retry-After"] = str(minutes * 60)
+    return response
 
 
 async def tip_form_page(form: TipForm | FollowUpForm, *, status: int = 200, error: str | None = None,
@@ -145,6 +163,7 @@ async def tip_form_page(form: TipForm | FollowUpForm, *, status: int = 200, erro
         "categories": CATEGORIES, "new_codename": session.get(NEW_CODENAME), "events": events,
         "max_upload_mib": core().settings.max_upload_bytes // (1024 * 1024),
         "max_files": core().settings.max_files_per_submission,
+        "contact_offered": bool(await core().cases.custodian_fingerprints()),
     }
     if case is not None:
         context.update(await case_context(case))
@@ -251,8 +270,15 @@ def install(app: Quart) -> None:
             return await error_page(413, rejection_message("too_large"))
         if request.mimetype != "multipart/form-data" or "boundary" not in request.mimetype_params:
             return await error_page(400, rejection_message("not_multipart"))
+        # Per-codename limits first: past them nothing of the body is even read.
+        limits = core().settings.source
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        recent = await core().cases.recent_activity(login.source_id, since=since)
+        if recent.submissions >= limits.submissions_per_hour or recent.files > limits.files_per_hour:
+            return await rate_limited_page(since, recent.oldest)
         units = await core().cases.active_units()
         events = await core().cases.open_events()
+        custodians = await core().cases.custodian_fingerprints()
         form: TipForm | FollowUpForm | None = None
         chosen: list[UnitView] = []
 
@@ -265,9 +291,14 @@ def install(app: Quart) -> None:
                 form = bind(FollowUpForm, fields)
             if not form.validate():
                 raise FormRejected(form)
+            if form.website.data:
+                raise SubmissionRejected("honeypot")  # before any byte reaches gpg or the store
+            if isinstance(form, TipForm) and (form.contact.data or "").strip() and not custodians:
+                raise SubmissionRejected("no_custodian")
             unit = case.unit if case is not None else await core().cases.unit_by_slug(form.unit.data)
             chosen.append(unit)
-            return core().intake.draft(unit)
+            return core().intake.draft(unit, custodians=custodians,
+                                       files_budget=max(0, limits.files_per_hour - recent.files))
 
         receiver = TipReceiver(request.mimetype_params["boundary"].encode("latin-1"),
                                accept_fields=accept_fields)
@@ -282,11 +313,16 @@ def install(app: Quart) -> None:
                 # Files of 0 bytes carry nothing: with no text, the tip is empty.
                 raise SubmissionRejected("empty_file" if draft.files else "empty")
             await draft.add_message(answers(form, chosen[0], text, events, follow_up=case is not None))
+            contact = (form.contact.data or "").strip() if isinstance(form, TipForm) else ""
+            if contact:
+                await draft.add_contact(contact)
             await draft.commit(source_id=login.source_id, unit=chosen[0])
         except FormRejected as rejected:
             if rejected.form.csrf_failed():
                 return await error_page(400, rejection_message("expired"), gettext("Please start again"))
             return await rerender(rejected.form, case, "bad_form", 400)
+        except RateLimited:
+            return await rate_limited_page(since, recent.oldest)
         except SubmissionRejected as exc:
             if form is not None and exc.reason in ("empty", "empty_file", "unknown_unit"):
                 return await rerender(form, case, exc.reason, exc.status)

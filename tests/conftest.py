@@ -75,13 +75,22 @@ def database_url(db_kind: str, tmp_path: Path) -> Iterator[str]:
     _psql(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def write_deployment(root: Path, database_url: str, *, extra: str = "") -> Path:
+def write_deployment(root: Path, database_url: str, *, extra: str = "", custodian: bool = False) -> Path:
     keys = root / "keys"
     keys.mkdir(parents=True, exist_ok=True)
-    for who in ("officer-a", "officer-b", "oversight"):
+    for who in ("officer-a", "officer-b", "oversight", "custodian"):
         shutil.copy(TEST_KEYS / f"{who}.pub.asc", keys / f"{who}.asc")
+    # The custodian (SP) is an officer of no unit: it sees no tip, only disclosure requests.
+    custodian_entry = f"""
+[[officers]]
+handle = "sp"
+name = "Test custodian SP"
+fingerprint = "{FPR['custodian']}"
+key_file = "custodian.asc"
+custodian = true
+""" if custodian else ""
     (root / "deployment.toml").write_text(
-        f"""
+        custodian_entry + f"""
 [[officers]]
 handle = "officer-a"
 name = "Test officer A"
@@ -144,9 +153,11 @@ login_failure_delay = 0.05
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, database_url: str) -> Deployment:
-    """An initialised deployment: secrets, keyrings, schema, units, officers."""
-    config = write_deployment(tmp_path, database_url)
+def deployment(tmp_path: Path, database_url: str, request: pytest.FixtureRequest) -> Deployment:
+    """An initialised deployment: secrets, keyrings, schema, units, officers (and a custodian
+    with ``@pytest.mark.custodian``)."""
+    custodian = request.node.get_closest_marker("custodian") is not None
+    config = write_deployment(tmp_path, database_url, custodian=custodian)
     settings = load_settings(config, env={})
     init_deployment(settings)
     return Deployment(root=tmp_path, config=config, settings=settings)
@@ -176,6 +187,16 @@ def officer_gnupg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for who in ("officer-a", "officer-b", "oversight"):
         subprocess.run(["gpg", "--homedir", str(home), "--batch", "--import", str(TEST_KEYS / f"{who}.secret.asc")],
                        check=True, capture_output=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def custodian_gnupg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The custodian's (SP's) workstation: only the throwaway custodian private key."""
+    home = tmp_path_factory.mktemp("custodian-gnupg")
+    home.chmod(0o700)
+    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--import", str(TEST_KEYS / "custodian.secret.asc")],
+                   check=True, capture_output=True)
     return home
 
 

@@ -15,10 +15,10 @@ from . import filemeta
 from .casebook import FileView
 from .errors import CryptoError, ExportError, GatewayError, NotCached, Rejected, Unauthorized
 from .export import safe_name
-from .forms import ActionForm, CaseForm, ReplyForm
+from .forms import ActionForm, CaseForm, DisclosureForm, ReplyForm, SpamForm
 from .pages import bind, checked_form, desk, flash, officer_client, page
 from .replies import send_reply
-from .wire import Case, CaseChanges
+from .wire import Case, CaseChanges, Disclosure
 
 
 def cached_case(case_id: int) -> Case:
@@ -40,12 +40,28 @@ def case_form(case: Case, formdata: Any = None) -> Any:
     return form
 
 
-async def case_page(case: Case, *, status: int = 200, reply_form: Any = None, form: Any = None) -> Response:
+async def my_disclosures(case: Case) -> tuple[list[Disclosure], str | None]:
+    """This officer's disclosure requests on a case with a sealed identity (from the gateway)."""
+    if not case.identity_sealed:
+        return [], None
+    try:
+        return [r for r in await officer_client().disclosures() if r.case == case.id], None
+    except Unauthorized:
+        raise
+    except GatewayError as exc:
+        return [], str(exc)
+
+
+async def case_page(case: Case, *, status: int = 200, reply_form: Any = None, form: Any = None,
+                    disclosure_form: Any = None) -> Response:
     conversation = await desk().casebook.conversation(case)
     unit = conversation.unit
     officers = {o.id: o.name for o in unit.officers} if unit else {}
+    disclosures, disclosure_problem = await my_disclosures(case)
     return await page("case.html", status=status, c=conversation, case=case, officers=officers,
-                      reply_form=reply_form or bind(ReplyForm), case_form=form or case_form(case))
+                      reply_form=reply_form or bind(ReplyForm), case_form=form or case_form(case),
+                      disclosure_form=disclosure_form or bind(DisclosureForm), disclosures=disclosures,
+                      disclosure_problem=disclosure_problem, spam_form=bind(SpamForm))
 
 
 async def file_of(case: Case, document_id: int) -> FileView:

@@ -32,6 +32,8 @@ from .wire import (
     Case,
     CaseChanges,
     CasePage,
+    Disclosure,
+    DisclosureList,
     DocumentBatch,
     DocumentsMissingAnswer,
     Key,
@@ -169,6 +171,34 @@ class GatewayClient:
         """Record a desk-side action (an export) in the server's audit log."""
         await self._request("POST", f"/cases/{case_id}/audit", json={"action": action, "details": details})
 
+    # -- sealed identities ---------------------------------------------------------------------
+
+    async def request_disclosure(self, case_id: int, reason: str) -> Disclosure:
+        """Ask a custodian for the case's sealed contact details (a reason is required)."""
+        response = await self._request("POST", f"/cases/{case_id}/disclosure-requests", json={"reason": reason})
+        return self._parse(Disclosure, response)
+
+    async def disclosures(self) -> list[Disclosure]:
+        """A custodian: every request of the district; an officer: their own."""
+        return self._parse(DisclosureList, await self._request("GET", "/disclosure-requests")).requests
+
+    async def decide_disclosure(self, request_id: int, *, approve: bool) -> Disclosure:
+        verb = "approve" if approve else "refuse"
+        return self._parse(Disclosure, await self._request("POST", f"/disclosure-requests/{request_id}/{verb}"))
+
+    async def sealed_identity(self, request_id: int) -> bytes:
+        """The sealed ciphertext (small: contact details), for the approving custodian."""
+        return (await self._request("GET", f"/disclosure-requests/{request_id}/sealed")).content
+
+    async def upload_disclosure(self, request_id: int, armored: str) -> Disclosure:
+        response = await self._request("PUT", f"/disclosure-requests/{request_id}/disclosure",
+                                       json={"armored": armored})
+        return self._parse(Disclosure, response)
+
+    async def disclosure(self, request_id: int) -> bytes:
+        """The disclosed details' ciphertext, to the requester's key."""
+        return (await self._request("GET", f"/disclosure-requests/{request_id}/disclosure")).content
+
     async def download_document(self, document_id: int, dest: Path, *, tmp_dir: Path,
                                 expected_size: int | None = None) -> int:
         return await self._download(f"/documents/{document_id}", dest, tmp_dir, expected_size)
@@ -254,6 +284,6 @@ def _raise_for(response: httpx.Response) -> None:
         raise AccountLocked(message, status=status)
     if status == 404:
         raise NotFound(message, status=status)
-    if status in (400, 422):
+    if status in (400, 403, 409, 422):
         raise Rejected(message, status=status)
     raise GatewayError(f"gateway error {status}: {message}", status=status)

@@ -74,6 +74,16 @@ class DeskCrypto:
             raise CryptoError(f"gpg could not encrypt the reply ({result.status})")
         return armored
 
+    def encrypt_bytes(self, data: bytes, recipients: Sequence[str]) -> str:
+        """An ASCII-armored OpenPGP message of ``data`` to the pinned fingerprints. Blocking."""
+        if not recipients:
+            raise CryptoError("a message needs recipients")
+        result = self._gpg.encrypt(data, list(recipients), armor=True, always_trust=True)
+        armored = bytes(result.data).decode("ascii", "replace")
+        if not result.ok or not armored.startswith("-----BEGIN PGP MESSAGE-----"):
+            raise CryptoError(f"gpg could not encrypt ({result.status})")
+        return armored
+
     def decrypt(self, ciphertext: bytes) -> bytes:
         """Decrypt in memory with the officer's key. Blocking."""
         result = self._gpg.decrypt(ciphertext, extra_args=["--no-symkey-cache"])

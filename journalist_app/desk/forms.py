@@ -53,3 +53,13 @@ class CaseForm(CSRFForm):
                            validators=[DataRequired()])
     assignee = SelectField(choices=[SelectChoice("")], validators=[Optional()], validate_choice=True)
     labels = StringField(validators=[Optional(), Length(max=500)])
+
+
+class DisclosureForm(CSRFForm):
+    """Ask a custodian for a source's sealed contact details: a reason is required."""
+
+    reason = TextAreaField(validators=[DataRequired(message="a reason is required"), Length(max=1000)])
+
+
+class SpamForm(CSRFForm):
+    spam = SelectField(choices=[SelectChoice("1"), SelectChoice("0")], validators=[DataRequired()])

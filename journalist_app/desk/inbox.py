@@ -47,6 +47,8 @@ class InboxFilter:
     since: dt.date | None = None
     until: dt.date | None = None
     text: str = ""
+    # The inbox hides cases marked spam; the spam view (spam=1) shows only those.
+    spam: bool = False
 
     @classmethod
     def from_args(cls, args: Mapping[str, str]) -> InboxFilter:
@@ -60,13 +62,15 @@ class InboxFilter:
 
         return cls(unit=args.get("unit", "")[:64], status=args.get("status", "")[:32],
                    kind=args.get("kind", "")[:32], category=args.get("category", "")[:32],
-                   since=date("since"), until=date("until"), text=args.get("q", "").strip()[:200])
+                   since=date("since"), until=date("until"), text=args.get("q", "").strip()[:200],
+                   spam=args.get("spam", "") == "1")
 
     def matches(self, row: CaseSummary) -> bool:
         case = row.case
         day = case.received_at.astimezone(dt.UTC).date()
         return (
-            (not self.unit or case.unit == self.unit)
+            case.spam == self.spam
+            and (not self.unit or case.unit == self.unit)
             and (not self.status or case.status == self.status)
             and (not self.kind or row.kind == self.kind)
             and (not self.category or row.category == self.category)

@@ -8,7 +8,7 @@ from quart import Quart, Response, current_app, redirect, request, session, url_
 from quart.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from . import case_views
+from . import case_views, disclosure_views
 from .charts import bar_chart
 from .errors import AccountLocked, DeskError, GatewayError, GatewayUnreachable, Unauthorized
 from .forms import ActionForm, LoginForm
@@ -69,7 +69,8 @@ def install(app: Quart) -> None:
             return await page("login.html", status=502, form=bind(LoginForm), error=f"Gateway: {exc}")
         session.clear()
         session.regenerate()  # type: ignore[attr-defined]
-        session.update({TOKEN: token.token, "name": me.name, "officer_id": me.id, "expires": token.expires_at})
+        session.update({TOKEN: token.token, "name": me.name, "officer_id": me.id, "expires": token.expires_at,
+                        "custodian": me.is_custodian})
         return redirect(url_for("home"), 303)
 
     @app.post("/logout")
@@ -96,10 +97,13 @@ def install(app: Quart) -> None:
     @app.get("/inbox")
     async def inbox() -> ResponseReturnValue:
         chosen = InboxFilter.from_args(request.args)
-        rows = apply(await desk().casebook.summaries(), chosen)
+        everything = await desk().casebook.summaries()
+        rows = apply(everything, chosen)
         units = desk().cache.units()
         return await page("inbox.html", rows=rows, chosen=chosen, units=units,
-                          unit_names={u.slug: u.name_en for u in units})
+                          unit_names={u.slug: u.name_en for u in units},
+                          spam_count=sum(1 for r in everything if r.case.spam),
+                          custodian=bool(session.get("custodian")))
 
     @app.post("/sync")
     async def sync() -> ResponseReturnValue:
@@ -118,6 +122,7 @@ def install(app: Quart) -> None:
         return redirect(url_for("inbox"), 303)
 
     case_views.install(app)
+    disclosure_views.install(app)
 
     @app.errorhandler(CsrfRefused)
     async def csrf_refused(exc: CsrfRefused) -> Response:

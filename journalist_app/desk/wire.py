@@ -31,6 +31,7 @@ class Me(Wire):
     handle: str
     name: str
     is_admin: bool
+    is_custodian: bool = False
 
 
 class Officer(Wire):
@@ -88,6 +89,8 @@ class Case(Wire):
     updated_at: dt.datetime
     submissions: list[Submission]
     replies: list[Reply]
+    spam: bool = False
+    identity_sealed: bool = False
 
 
 class CasePage(Wire):
@@ -113,6 +116,36 @@ class DocumentsMissingAnswer(Wire):
     missing: list[int]
 
 
+DisclosureStatus = Literal["pending", "refused", "approved", "disclosed"]
+
+
+class Requester(Wire):
+    id: int
+    handle: str
+    name: str
+    fingerprint: str = Field(pattern=r"^[0-9A-F]{40}$")
+
+
+class Disclosure(Wire):
+    """A request for a case's sealed contact details, as the gateway reports it."""
+
+    id: int
+    case: int
+    case_public_id: str
+    unit: str
+    requester: Requester
+    reason: str
+    status: DisclosureStatus
+    requested_at: dt.datetime
+    decided_by: str | None
+    decided_at: dt.datetime | None
+    disclosed_at: dt.datetime | None
+
+
+class DisclosureList(Wire):
+    requests: list[Disclosure]
+
+
 class CaseChanges(BaseModel):
     """A PATCH body; only the fields set are sent."""
 
@@ -122,3 +155,4 @@ class CaseChanges(BaseModel):
     labels: list[str] | None = None
     assignee: int | None = None
     unassign: bool = False
+    spam: bool | None = None

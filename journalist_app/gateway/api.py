@@ -18,6 +18,7 @@ from quart_schema import (
 from werkzeug.exceptions import HTTPException
 
 from cpcp.casework import BatchTooLarge, CaseChanges, DocumentsMissing, ReplyRejected
+from cpcp.disclosure import Conflict, Forbidden
 from cpcp.errors import CPCPError, NotFound, StoreError
 from cpcp.models import CasePriority, CaseStatus
 from cpcp.officers import AccountLocked, LoginFailed, OfficerIdentity
@@ -32,6 +33,10 @@ from .schemas import (
     CaseQuery,
     CaseUpdate,
     CiphertextOut,
+    DisclosureList,
+    DisclosureOut,
+    DisclosureRequestIn,
+    DisclosureUpload,
     DocumentBatch,
     DocumentBatchIn,
     DocumentsMissingOut,
@@ -133,7 +138,8 @@ def install(app: Quart) -> None:
     @validate_response(Me, 200)
     async def me() -> Any:
         who = officer()
-        return Me(id=who.id, handle=who.handle, name=who.display_name, is_admin=who.is_admin), 200
+        return Me(id=who.id, handle=who.handle, name=who.display_name, is_admin=who.is_admin,
+                  is_custodian=who.is_custodian), 200
 
     @app.get(f"{PREFIX}/units")
     @validate_response(UnitList, 200)
@@ -180,7 +186,7 @@ def install(app: Quart) -> None:
         changes = CaseChanges(
             status=CaseStatus(data.status) if data.status else None,
             priority=CasePriority(data.priority) if data.priority else None,
-            labels=data.labels, assignee_id=data.assignee, unassign=data.unassign,
+            labels=data.labels, assignee_id=data.assignee, unassign=data.unassign, spam=data.spam,
         )
         try:
             return CaseOut.model_validate(await core().casework.update_case(officer(), case_id, changes)), 200
@@ -225,6 +231,93 @@ def install(app: Quart) -> None:
         except NotFound:
             return ErrorResponse(error="no such case"), 404
         return "", 204
+
+    # -- sealed identities (cpcp/disclosure.py) ---------------------------------------------
+
+    def disclosure_error(exc: CPCPError) -> Any:
+        status = {NotFound: 404, Forbidden: 403, Conflict: 409}.get(type(exc), 422)
+        return ErrorResponse(error=str(exc)), status
+
+    @app.post(f"{PREFIX}/cases/<id:case_id>/disclosure-requests")
+    @validate_request(DisclosureRequestIn)
+    @validate_response(DisclosureOut, 201)
+    @validate_response(ErrorResponse, 404)
+    @validate_response(ErrorResponse, 409)
+    @validate_response(ErrorResponse, 422)
+    async def request_disclosure(case_id: int, data: DisclosureRequestIn) -> Any:
+        """Ask a custodian for the source's sealed contact details, with a reason; audited."""
+        try:
+            return DisclosureOut.model_validate(
+                await core().disclosures.request(officer(), case_id, data.reason)), 201
+        except CPCPError as exc:
+            return disclosure_error(exc)
+
+    @app.get(f"{PREFIX}/disclosure-requests")
+    @validate_response(DisclosureList, 200)
+    async def disclosure_requests() -> Any:
+        """A custodian: every request of the district. An officer: their own requests."""
+        return DisclosureList.model_validate({"requests": await core().disclosures.listing(officer())}), 200
+
+    async def decide(request_id: int, approve: bool) -> Any:
+        try:
+            return DisclosureOut.model_validate(
+                await core().disclosures.decide(officer(), request_id, approve=approve)), 200
+        except CPCPError as exc:
+            return disclosure_error(exc)
+
+    @app.post(f"{PREFIX}/disclosure-requests/<id:request_id>/approve")
+    @validate_response(DisclosureOut, 200)
+    @validate_response(ErrorResponse, 403)
+    @validate_response(ErrorResponse, 404)
+    @validate_response(ErrorResponse, 409)
+    async def approve_disclosure(request_id: int) -> Any:
+        """Custodians only: approve a pending request (then re-encrypt and upload); audited."""
+        return await decide(request_id, True)
+
+    @app.post(f"{PREFIX}/disclosure-requests/<id:request_id>/refuse")
+    @validate_response(DisclosureOut, 200)
+    @validate_response(ErrorResponse, 403)
+    @validate_response(ErrorResponse, 404)
+    @validate_response(ErrorResponse, 409)
+    async def refuse_disclosure(request_id: int) -> Any:
+        """Custodians only: refuse a pending request; audited."""
+        return await decide(request_id, False)
+
+    @app.get(f"{PREFIX}/disclosure-requests/<id:request_id>/sealed")
+    async def sealed_identity(request_id: int) -> Any:
+        """The approving custodian: the sealed ciphertext (to the custodians' keys); audited."""
+        try:
+            path = await core().disclosures.sealed_path(officer(), request_id)
+        except CPCPError as exc:
+            body, status = disclosure_error(exc)
+            return error(status, body.error)
+        return await _ciphertext(path)
+
+    @app.put(f"{PREFIX}/disclosure-requests/<id:request_id>/disclosure")
+    @validate_request(DisclosureUpload)
+    @validate_response(DisclosureOut, 200)
+    @validate_response(ErrorResponse, 403)
+    @validate_response(ErrorResponse, 404)
+    @validate_response(ErrorResponse, 409)
+    @validate_response(ErrorResponse, 422)
+    async def upload_disclosure(request_id: int, data: DisclosureUpload) -> Any:
+        """The approving custodian uploads the details re-encrypted to the requester's key;
+        refused unless gpg lists that key (and only it and custodians') as recipient."""
+        try:
+            return DisclosureOut.model_validate(
+                await core().disclosures.upload(officer(), request_id, data.armored.encode("utf-8"))), 200
+        except CPCPError as exc:
+            return disclosure_error(exc)
+
+    @app.get(f"{PREFIX}/disclosure-requests/<id:request_id>/disclosure")
+    async def disclosure(request_id: int) -> Any:
+        """The requester: the disclosed details' ciphertext (to their key); audited."""
+        try:
+            path = await core().disclosures.disclosure_path(officer(), request_id)
+        except CPCPError as exc:
+            body, status = disclosure_error(exc)
+            return error(status, body.error)
+        return await _ciphertext(path)
 
     @app.get(f"{PREFIX}/documents/<id:document_id>")
     async def document(document_id: int) -> Any:

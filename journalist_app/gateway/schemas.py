@@ -57,6 +57,7 @@ class Me(BaseModel):
     handle: str
     name: str
     is_admin: bool
+    is_custodian: bool = Field(description="may approve or refuse disclosures of sealed identities")
 
 
 class KeyOut(BaseModel):
@@ -73,6 +74,7 @@ class DocumentOut(BaseModel):
 class SubmissionOut(BaseModel):
     id: int
     received_at: str
+    raises_alert: bool = Field(description="false when it arrived while the case was marked spam")
     documents: list[DocumentOut]
 
 
@@ -91,6 +93,8 @@ class CaseOut(BaseModel):
     priority: Priority
     labels: list[str]
     assignee: int | None
+    spam: bool = Field(description="marked as spam or a prank: hidden from the inbox, no alerts")
+    identity_sealed: bool = Field(description="the source left contact details, sealed to the custodians")
     received_at: str
     updated_at: str
     submissions: list[SubmissionOut]
@@ -113,6 +117,7 @@ class CaseUpdate(Strict):
     labels: list[str] | None = Field(default=None, max_length=10)
     assignee: int | None = Field(default=None, ge=1, le=2**31 - 1, description="officer id")
     unassign: bool = False
+    spam: bool | None = Field(default=None, description="mark (true) or unmark (false) as spam; audited")
 
 
 class ReplyIn(Strict):
@@ -158,3 +163,41 @@ class DocumentsMissingOut(BaseModel):
 class AuditIn(Strict):
     action: Literal["export", "print"]
     details: dict[str, str] = Field(default_factory=dict, max_length=20)
+
+
+DisclosureStatus = Literal["pending", "refused", "approved", "disclosed"]
+
+
+class DisclosureRequestIn(Strict):
+    reason: str = Field(max_length=1000, description="why the source must be contacted; required")
+
+
+class Requester(BaseModel):
+    id: int
+    handle: str
+    name: str
+    fingerprint: str
+
+
+class DisclosureOut(BaseModel):
+    id: int
+    case: int
+    case_public_id: str
+    unit: str
+    requester: Requester
+    reason: str
+    status: DisclosureStatus
+    requested_at: str
+    decided_by: str | None
+    decided_at: str | None
+    disclosed_at: str | None
+    size: int | None
+
+
+class DisclosureList(BaseModel):
+    requests: list[DisclosureOut] = Field(description="a custodian's: every request; an officer's: their own")
+
+
+class DisclosureUpload(Strict):
+    armored: str = Field(min_length=1, max_length=100_000,
+                         description="the contact details, ASCII-armored OpenPGP message to the requester's key")
