@@ -15,7 +15,6 @@ import datetime as dt
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cpcp.audit import GENESIS, AuditCheck, AuditLog, _entry_hash
 from cpcp.codenames import Codename, derive_keys, normalize_codename
-from cpcp.db import make_engine, make_sessionmaker
-from cpcp.models import AuditEntry, Base, Document, DocumentRole, Officer
+from cpcp.models import AuditEntry, Document, DocumentRole
 from cpcp.services import CoreServices
 from cpcp.settings import KdfSettings
 from cpcp.store import Store
 from journalist_app.desk.casebook import FileEntry, Message
 
 from .conftest import gpg_decrypt
+from .schema import sessions_fixture  # noqa: F401 (the "sessions" fixture)
 
 # -- codename key derivation -------------------------------------------------------------------
 
@@ -154,20 +153,6 @@ def test_entry_hash_of_today_matches_the_vectors() -> None:
     ist = dt.timezone(dt.timedelta(hours=5, minutes=30))
     assert _entry_hash(GENESIS, AT.astimezone(ist), *LOG[0][:3]) == LOG[0][3]
     assert _entry_hash(GENESIS, AT.replace(microsecond=999), *LOG[0][:3]) == LOG[0][3]
-
-
-@pytest.fixture
-async def sessions(database_url: str, tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """The schema, on SQLite or PostgreSQL, with officer 7 for the fixed log's first entry."""
-    (tmp_path / "data").mkdir(exist_ok=True)
-    engine = make_engine(database_url)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-    maker = make_sessionmaker(engine)
-    async with maker.begin() as db:
-        db.add(Officer(id=7, handle="officer-7", display_name="Officer 7", fingerprint="F" * 40))
-    yield maker
-    await engine.dispose()
 
 
 async def _store_fixed_log(sessions: async_sessionmaker[AsyncSession]) -> None:
