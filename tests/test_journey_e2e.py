@@ -24,7 +24,7 @@ from cpcp.models import Case, CaseStatus, Document, Source, Submission
 from cpcp.services import build_core
 
 from .conftest import FPR, ROOT, Deployment, gpg_decrypt, gpg_encrypt
-from .helpers import csrf, multipart
+from .helpers import codename_of, csrf, multipart
 from .servers import AGENT, Server, begin, files_containing, free_port, send, start_server
 
 
@@ -294,3 +294,23 @@ async def test_a_file_name_is_on_no_command_line_while_gpg_encrypts_it(
         assert name.encode() not in packets.stdout + packets.stderr  # not in the literal packet either
     finally:
         await core.close()
+
+
+async def test_a_digit_codename_logs_in_typed_in_devanagari_with_dashes_over_hypercorn(
+    deployment: Deployment, server: Server, client: httpx.AsyncClient
+) -> None:
+    page = (await client.get("/generate", params={"kind": "digits"})).text
+    codename = codename_of(page)
+    assert len(codename.replace(" ", "")) == 16 and codename.replace(" ", "").isdigit()
+    r = await client.post("/create", data={"csrf_token": csrf(page)})
+    assert r.status_code == 303
+    typed = "-".join(codename.split()).translate(str.maketrans("0123456789", "०१२३४५६७८९"))
+    async with httpx.AsyncClient(base_url=server.url, follow_redirects=False, timeout=30) as later:
+        login = (await later.get("/login")).text
+        r = await later.post("/login", data={"csrf_token": csrf(login), "codename": f" {typed} "})
+        assert r.status_code == 303 and r.headers["location"] == "/case"
+        assert (await later.get("/submit")).status_code == 200  # logged in as that source
+    server.stop()
+    needles = [codename.encode(), codename.replace(" ", "").encode(), typed.encode()]
+    assert not any(n in server.output.read_bytes() for n in needles)
+    assert files_containing([deployment.settings.data_dir, server.tmpdir], needles) == []
