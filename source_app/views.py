@@ -136,7 +136,7 @@ async def error_page(status: int, message: str, title: str | None = None) -> Res
     return Response(body, status=status, content_type="text/html; charset=utf-8")
 
 
-async def rate_limited_page(since: dt.datetime, oldest: dt.datetime | None) -> Response:
+async def rate_limited_page(oldest: dt.datetime | None) -> Response:
     """429: this codename sent its hour's worth; says in how many minutes to come back."""
     now = dt.datetime.now(dt.UTC)
     free_at = (oldest or now) + dt.timedelta(hours=1)
@@ -275,7 +275,7 @@ def install(app: Quart) -> None:
         since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
         recent = await core().cases.recent_activity(login.source_id, since=since)
         if recent.submissions >= limits.submissions_per_hour or recent.files > limits.files_per_hour:
-            return await rate_limited_page(since, recent.oldest)
+            return await rate_limited_page(recent.oldest)
         units = await core().cases.active_units()
         events = await core().cases.open_events()
         custodians = await core().cases.custodian_fingerprints()
@@ -322,7 +322,7 @@ def install(app: Quart) -> None:
                 return await error_page(400, rejection_message("expired"), gettext("Please start again"))
             return await rerender(rejected.form, case, "bad_form", 400)
         except RateLimited:
-            return await rate_limited_page(since, recent.oldest)
+            return await rate_limited_page(recent.oldest)
         except SubmissionRejected as exc:
             if form is not None and exc.reason in ("empty", "empty_file", "unknown_unit"):
                 return await rerender(form, case, exc.reason, exc.status)
