@@ -360,7 +360,14 @@ def install(app: Quart) -> None:
         except Throttled as exc:
             body = await render_template(
                 "login.html", form=bind(LoginForm),
-                error=gettext("Too many wrong codenames were tried on this site recently. Please wait %(s)s seconds and try again.", s=exc.retry_after))
+                error=ngettext(
+                    "Too many wrong codenames came over your connection. Please wait %(num)s "
+                    "second and try again, or choose \u201cNew Tor circuit for this site\u201d "
+                    "in Tor Browser's menu.",
+                    "Too many wrong codenames came over your connection. Please wait %(num)s "
+                    "seconds and try again, or choose \u201cNew Tor circuit for this site\u201d "
+                    "in Tor Browser's menu.",
+                    exc.retry_after))
             return Response(body, status=429, headers={"Retry-After": str(exc.retry_after)})
         except UnknownCodename:
             body = await render_template(
