@@ -61,7 +61,7 @@ class CaseChanges:
 
 
 def case_summary(case: Case) -> dict[str, Any]:
-    """Metadata only: what DESIGN.md lets the server know in clear."""
+    """Metadata only: what docs/architecture.md lets the server know in clear."""
     return {
         "id": case.id,
         "public_id": case.public_id,

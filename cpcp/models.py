@@ -1,4 +1,4 @@
-"""Database models. Only the metadata DESIGN.md lists is in clear; everything else is ciphertext
+"""Database models. Only the metadata docs/architecture.md lists is in clear; everything else is ciphertext
 in the store, referred to by object name.
 
 Every change here needs an Alembic migration (tests/test_migrations.py keeps them in agreement).

@@ -3,7 +3,7 @@ at "Safest"), through the private Tor network's client tor to the source onion, 
 Playwright's async API (its sync API cannot run inside pytest-asyncio's loop).
 
 Every request and response of the run and every page's HTML is checked against invariant 2 of
-DESIGN.md: no script, nothing from anywhere but ``http://<source onion>/``. Every page is
+docs/architecture.md: no script, nothing from anywhere but ``http://<source onion>/``. Every page is
 screenshotted in Hindi and English at 360 and 1280 px into tests/screenshots/ (README there).
 
 Needs /usr/bin/chromium and the ``playwright`` package (``scripts/setup --dev``; Playwright's own
