@@ -357,6 +357,7 @@ async def walk_desk(page: Page, site: Site, visit: Visit) -> None:
     await visit("inbox-synced")
     await click(page, 'a.brand', path="/")
     await visit("home")
+    await check_charts(page)
     await goto(page, f"{base}/inbox?status=received&q=stall")
     await visit("inbox-filtered")
     await goto(page, f"{base}/inbox?q={site.photo_tip}")
@@ -370,6 +371,26 @@ async def walk_desk(page: Page, site: Site, visit: Visit) -> None:
     await visit("file-metadata")
     await goto(page, f"{base}/cases/999999", status=404)
     await visit("error")
+
+
+CHARTS_JS = """() => [...document.querySelectorAll('svg.chart')].map(svg => ({
+  desc: svg.querySelector(':scope > desc')?.textContent || '',
+  smallest: Math.min(...[...svg.querySelectorAll('text')].map(t => t.getBoundingClientRect().height))}))"""
+
+
+async def check_charts(page: Page) -> None:
+    """The home page's charts: their figures in words for a screen reader (an SVG image's
+    title names it only), and their labels legible at every width: a chart too wide for a
+    phone scrolls in its own box rather than shrinking its text to a few pixels (WCAG 1.1.1,
+    1.4.4)."""
+    for width in AUDIT_WIDTHS:
+        await page.set_viewport_size({"width": width, "height": HEIGHT})
+        charts = await page.evaluate(CHARTS_JS)
+        assert len(charts) == 4
+        for chart in charts:
+            assert re.search(r"\d+ open, \d+ new", chart["desc"]), chart
+            assert chart["smallest"] >= 11, f"chart text {chart['smallest']:.1f} px high at {width} px"
+    await page.set_viewport_size({"width": AUDIT_WIDTHS[0], "height": HEIGHT})
 
 
 # --- the tests ---------------------------------------------------------------------------------
