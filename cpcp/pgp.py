@@ -233,6 +233,8 @@ class EncryptionStream:
                 fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, 1024 * 1024)
             except OSError:
                 pass  # the user's pipe memory limit is reached: still correct, only slower
+            except ValueError:
+                pass  # gpg already exited and asyncio closed the pipe: write/finish say why
         self._stderr_task = asyncio.ensure_future(proc.stderr.read())
 
     async def write(self, chunk: bytes) -> None:
