@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,17 @@ def test_entry_hash_of_today_matches_the_vectors() -> None:
     ist = dt.timezone(dt.timedelta(hours=5, minutes=30))
     assert _entry_hash(GENESIS, AT.astimezone(ist), *LOG[0][:3]) == LOG[0][3]
     assert _entry_hash(GENESIS, AT.replace(microsecond=999), *LOG[0][:3]) == LOG[0][3]
+
+
+def test_entry_hash_does_not_depend_on_the_servers_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server in India (TZ=Asia/Kolkata) must hash the same instant as one on UTC.
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        assert _entry_hash(GENESIS, AT, *LOG[0][:3]) == LOG[0][3]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 async def _store_fixed_log(sessions: async_sessionmaker[AsyncSession]) -> None:
