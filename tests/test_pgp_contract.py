@@ -229,3 +229,33 @@ async def test_an_aborted_stream_kills_gpg(ring: Keyring, tmp_path: Path) -> Non
         await stream.abort()  # again: nothing left to kill
     finally:
         os.close(out)
+
+
+def test_a_key_whose_primary_encrypts_is_recognised(ring: Keyring, tmp_path: Path) -> None:
+    # Officers bring their own keys; an RSA key whose primary key encrypts is common.
+    home = tmp_path / "rsa"
+    home.mkdir(mode=0o700)
+    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "", "--quick-gen-key",
+                    "rsa officer <rsa@test.invalid>", "rsa2048", "cert,encr", "0"],
+                   check=True, capture_output=True)
+    listing = subprocess.run(["gpg", "--homedir", str(home), "--with-colons", "--list-keys"],
+                             capture_output=True, text=True, check=True).stdout
+    fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr"))
+    armored = subprocess.run(["gpg", "--homedir", str(home), "--armor", "--export", fpr],
+                             capture_output=True, text=True, check=True).stdout
+    ring.import_public_keys(armored)
+    assert ring.require_encryption_key(fpr, who="rsa").can_encrypt
+    assert ring.encryption_key_ids(fpr) == {fpr[-16:]}
+    # An RSA-2048 session key packet is longer than 255 bytes: old format, two-byte length.
+    ciphertext = ring.encrypt_bytes(b"x", [fpr])
+    assert ciphertext[:1] == b"\x85"
+    assert ring.message_recipients(ciphertext) == {fpr[-16:]}
+
+
+def test_recipients_of_a_new_format_message_are_read(ring: Keyring) -> None:
+    # Other OpenPGP implementations write new-format packet headers (0xC1 for a session key
+    # packet); the same message with its first header rewritten so must read the same.
+    ciphertext = ring.encrypt_bytes(b"x", [FPR["officer-a"]])
+    assert ciphertext[:1] == b"\x84" and ciphertext[1] < 192
+    new_format = b"\xc1" + ciphertext[1:]
+    assert ring.message_recipients(new_format) == ring.encryption_key_ids(FPR["officer-a"])
