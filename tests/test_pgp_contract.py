@@ -10,6 +10,7 @@ EncryptionFailed rather than as a stored, empty "tip".
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import re
 import stat
@@ -22,6 +23,8 @@ from cpcp.errors import DecryptionFailed, EncryptionFailed, KeyProblem
 from cpcp.pgp import _AGENT_CONF, Keyring, random_uid
 
 from .conftest import FPR, TEST_KEYS, gpg_decrypt
+
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)  # Linux
 
 
 @pytest.fixture
@@ -259,3 +262,17 @@ def test_recipients_of_a_new_format_message_are_read(ring: Keyring) -> None:
     assert ciphertext[:1] == b"\x84" and ciphertext[1] < 192
     new_format = b"\xc1" + ciphertext[1:]
     assert ring.message_recipients(new_format) == ring.encryption_key_ids(FPR["officer-a"])
+
+
+async def test_the_pipe_into_gpg_holds_a_mebibyte(ring: Keyring, tmp_path: Path) -> None:
+    # bench/upload.py: with 1 MiB gpg and the request parser overlap instead of taking turns.
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        stream = await ring.start_encryption([FPR["officer-a"]], out)
+        stdin = stream._proc.stdin
+        assert stdin is not None
+        pipe = stdin.transport.get_extra_info("pipe")
+        assert fcntl.fcntl(pipe.fileno(), F_GETPIPE_SZ) == 1024 * 1024
+        await stream.finish()
+    finally:
+        os.close(out)
