@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from argon2.low_level import ARGON2_VERSION, Type, core, ffi, lib
+from _argon2_cffi_bindings import ffi, lib  # type: ignore[import-untyped]  # what low_level wraps
+from argon2.low_level import ARGON2_VERSION, Type, core
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
