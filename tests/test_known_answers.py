@@ -15,10 +15,12 @@ import datetime as dt
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
-from argon2.low_level import ARGON2_VERSION, Type, core, ffi, lib
+from _argon2_cffi_bindings import ffi, lib  # type: ignore[import-untyped]  # what low_level wraps
+from argon2.low_level import ARGON2_VERSION, Type, core
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -153,6 +155,17 @@ def test_entry_hash_of_today_matches_the_vectors() -> None:
     ist = dt.timezone(dt.timedelta(hours=5, minutes=30))
     assert _entry_hash(GENESIS, AT.astimezone(ist), *LOG[0][:3]) == LOG[0][3]
     assert _entry_hash(GENESIS, AT.replace(microsecond=999), *LOG[0][:3]) == LOG[0][3]
+
+
+def test_entry_hash_does_not_depend_on_the_servers_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server in India (TZ=Asia/Kolkata) must hash the same instant as one on UTC.
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        assert _entry_hash(GENESIS, AT, *LOG[0][:3]) == LOG[0][3]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 async def _store_fixed_log(sessions: async_sessionmaker[AsyncSession]) -> None:

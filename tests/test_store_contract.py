@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def test_commit_refuses_a_bad_case_id_or_role_and_keeps_the_temp_file(
 ) -> None:
     store = Store(tmp_path / "store")
     pending = store.new_object()
-    with pytest.raises(StoreError, match="bad case id or role"):
+    with pytest.raises(StoreError, match="^bad case id or role$"):
         store.commit(pending, case_public_id=case, role=role)
     assert pending.fd >= 0 and pending.path.exists()  # the caller's discard removes it
     store.discard(pending)
@@ -125,7 +126,7 @@ def test_write_bytes_that_fails_leaves_no_temp_file(tmp_path: Path) -> None:
 )
 def test_only_object_names_are_accepted(tmp_path: Path, bad: str) -> None:
     store = Store(tmp_path / "store")
-    with pytest.raises(StoreError, match="not an object name"):
+    with pytest.raises(StoreError, match="^not an object name$"):
         store.path(bad)
 
 
@@ -135,7 +136,7 @@ def test_a_case_folder_that_leads_out_of_the_store_is_refused(tmp_path: Path) ->
     outside.mkdir()
     (outside / "00112233445566778899aabbccddeeff-file.gpg").write_bytes(b"not ours")
     (store.root / CASE).symlink_to(outside)
-    with pytest.raises(StoreError, match="escapes the store"):
+    with pytest.raises(StoreError, match="^object path escapes the store$"):
         store.read(f"{CASE}/00112233445566778899aabbccddeeff-file.gpg")
 
 
@@ -150,9 +151,15 @@ def test_object_names_skip_the_temp_folder_and_stray_files(tmp_path: Path) -> No
 
 
 def test_alive_tells_running_from_gone_processes() -> None:
-    assert _alive(os.getpid()) is True
-    assert _alive(1) is True  # another user's process counts as running
-    assert _alive(2**22 + 12345) is False
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert _alive(child.pid) is True
+        assert child.poll() is None  # asking sends no signal that could end it
+    finally:
+        child.kill()
+        child.wait()
+    assert _alive(child.pid) is False
+    assert _alive(2**22 + 12345) is False  # above Linux's pid_max
 
 
 def test_sweep_counts_and_removes_exactly_the_leftovers(tmp_path: Path) -> None:
@@ -162,7 +169,10 @@ def test_sweep_counts_and_removes_exactly_the_leftovers(tmp_path: Path) -> None:
     young = store.write_bytes(b"y", case_public_id=CASE, role="file")
     old = time.time() - 7200
     os.utime(store.root / keep, (old, old))
-    os.utime(store.root / orphan, (old, old))
+    just_old = time.time() - 3600.5  # the default age limit is one hour
+    os.utime(store.root / orphan, (just_old, just_old))
+    almost = time.time() - 3590
+    os.utime(store.root / young, (almost, almost))
     live = store.new_object()
     dead = store.tmp / "4194303"  # pid_max on Linux is at most 4194304: never running
     (dead / "sub").mkdir(parents=True)
@@ -171,10 +181,15 @@ def test_sweep_counts_and_removes_exactly_the_leftovers(tmp_path: Path) -> None:
     named = store.tmp / "not-a-pid"
     named.mkdir()
     (named / "c.part").write_bytes(b"c")
+    # More dead processes' folders, so some come after the live one in directory order.
+    for pid in range(4194200, 4194220):
+        (store.tmp / str(pid)).mkdir()
+        (store.tmp / str(pid) / "d.part").write_bytes(b"d")
     stray = store.tmp / "stray.part"
     stray.write_bytes(b"s")
-    # 2 files of a dead process, 1 in a folder that is no process, 1 stray file, 1 old orphan.
-    assert store.sweep({keep}) == 5
+    # 2 + 20 files of dead processes, 1 in a folder that is no process, 1 stray file, 1 orphan.
+    assert store.sweep({keep}) == 25
+    assert list(store.tmp.iterdir()) == [live.path.parent]
     assert not dead.exists() and not named.exists() and not stray.exists()
     assert not (store.root / orphan).exists()
     assert (store.root / keep).exists() and (store.root / young).exists() and live.path.exists()
