@@ -169,12 +169,6 @@ async def test_a_failing_commit_leaves_nothing(core: CoreServices) -> None:
     assert await _rows(core) == (0, 0)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="bug in cpcp/pgp.py (reported): when gpg exits at once (here: no such recipient), "
-    "EncryptionStream.__init__ may find the pipe closed and raise ValueError, not "
-    "EncryptionFailed; whether it does depends on timing",
-)
 async def test_a_message_that_cannot_be_encrypted_leaves_nothing(core: CoreServices) -> None:
     draft = Draft(store=core.store, keyring=core.officer_keys, cases=core.cases,
                   recipients=["0" * 40], max_bytes=10_000, max_files=2)

@@ -116,3 +116,26 @@ def test_reply_key_passphrase_is_needed_every_time_and_never_cached(tmp_path: Pa
         assert ring.decrypt_bytes(ciphertext, passphrase=passphrase) == b"reply %d" % i
         with pytest.raises(DecryptionFailed):
             ring.decrypt_bytes(ciphertext, passphrase=None)
+
+
+async def test_a_gpg_gone_before_its_pipe_is_set_up_is_encryption_failed() -> None:
+    """gpg may exit at once (an unknown recipient) before the stream enlarges its stdin pipe;
+    asyncio has then closed the pipe. That is EncryptionFailed when written to, never a
+    ValueError out of the constructor (seen once in a full run; here made certain)."""
+    import asyncio
+
+    from cpcp.errors import EncryptionFailed
+    from cpcp.pgp import EncryptionStream
+
+    proc = await asyncio.create_subprocess_exec(
+        "true", stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await proc.wait()
+    for _ in range(100):  # until asyncio has seen the reader go and closed the pipe
+        if proc.stdin is not None and proc.stdin.transport.is_closing():
+            break
+        await asyncio.sleep(0.01)
+    assert proc.stdin is not None and proc.stdin.transport.is_closing()
+    stream = EncryptionStream(proc)
+    with pytest.raises(EncryptionFailed):
+        await stream.write(b"x" * 65536)
+        await stream.finish()
