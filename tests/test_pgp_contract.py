@@ -320,3 +320,31 @@ def test_an_unprotected_key_is_made_only_without_a_passphrase(tmp_path: Path) ->
     fpr = ring.generate_key(passphrase=None, uid="demo officer")
     ciphertext = ring.encrypt_bytes(b"demo", [fpr])
     assert ring.decrypt_bytes(ciphertext) == b"demo"
+
+
+async def test_a_failing_gpg_is_reported_with_the_tail_of_its_errors(tmp_path: Path) -> None:
+    # A unit test of EncryptionStream.finish alone: a stand-in gpg that reads the tip, then
+    # fails with a long error (and a byte that is not UTF-8), as a gpg out of disk space does.
+    fake = tmp_path / "gpg"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" --encrypt "*) ;; *) exec gpg "$@";; esac\n'
+        "cat >/dev/null\n"
+        "printf 'gpg: head of the error ' >&2\n"
+        "i=0; while [ $i -lt 40 ]; do printf 'x-%02d-xxxx ' $i >&2; i=$((i+1)); done\n"
+        "printf '\\377 end of the error' >&2\n"
+        "exit 2\n"
+    )
+    fake.chmod(0o755)
+    ring = Keyring(tmp_path / "ring", gpg_binary=str(fake))
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        stream = await ring.start_encryption([FPR["officer-a"]], out)
+        await stream.write(b"tip")
+        with pytest.raises(EncryptionFailed) as err:
+            await stream.finish()
+    finally:
+        os.close(out)
+    message = str(err.value)
+    assert message.startswith("gpg exited 2: ") and message.endswith("\ufffd end of the error")
+    assert len(message) == len("gpg exited 2: ") + 300  # the last 300 characters, no more
