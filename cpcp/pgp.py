@@ -153,20 +153,19 @@ class Keyring:
 
         Blocking (about 0.1 s): call it from a thread.
         """
-        spec = self._gpg.gen_key_input(
-            key_type="EDDSA",
-            key_curve="ed25519",
-            key_usage="sign",
-            subkey_type="ECDH",
-            subkey_curve="cv25519",
-            subkey_usage="encrypt",
-            name_real=uid,
-            name_email=None,
-            name_comment=None,
-            expire_date=0,
-            passphrase=passphrase,
-            no_protection=passphrase is None,
-        )
+        if not uid or any(ch in uid for ch in "\r\n") or (passphrase and "\n" in passphrase):
+            raise EncryptionFailed("a key's user id and passphrase are single lines")
+        # Written out rather than through gen_key_input: that helper writes "(None) <None>" for
+        # an absent comment and e-mail, or this machine's user and host name for empty ones;
+        # a source's reply key names no one, not even the server.
+        lines = [
+            "Key-Type: EDDSA", "Key-Curve: ed25519", "Key-Usage: sign",
+            "Subkey-Type: ECDH", "Subkey-Curve: cv25519", "Subkey-Usage: encrypt",
+            f"Name-Real: {uid}", "Expire-Date: 0",
+            f"Passphrase: {passphrase}" if passphrase is not None else "%no-protection",
+            "%commit",
+        ]
+        spec = "\n".join(lines) + "\n"
         result = self._gpg.gen_key(spec)
         if not result.fingerprint:
             raise EncryptionFailed(f"gpg could not generate a key: {result.stderr[-300:]}")
