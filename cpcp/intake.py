@@ -115,13 +115,7 @@ class Draft:
         self._count(len(data))
         pending = self.store.new_object()
         self.objects.insert(0, (DocumentRole.MESSAGE, pending))
-        stream = await self.keyring.start_encryption(self.recipients, pending.fd)
-        try:
-            await stream.write(data)
-            await stream.finish()
-        except BaseException:
-            await stream.abort()
-            raise
+        await self._encrypt_into(pending, data, self.recipients)
 
     async def add_contact(self, contact: str) -> None:
         """Seal the source's contact details to the custodians' keys, in their own object."""
@@ -132,7 +126,11 @@ class Draft:
         self._count(len(data))
         pending = self.store.new_object()
         self.sealed = pending
-        stream = await self.keyring.start_encryption(self.custodians, pending.fd)
+        await self._encrypt_into(pending, data, self.custodians)
+
+    async def _encrypt_into(self, pending: PendingObject, data: bytes, recipients: Sequence[str]) -> None:
+        """One small document (JSON, in memory already) encrypted into its pending object."""
+        stream = await self.keyring.start_encryption(recipients, pending.fd)
         try:
             await stream.write(data)
             await stream.finish()
