@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
 
 CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"|value="([^"]+)"[^>]*name="csrf_token"')
 CODENAME_RE = re.compile(r'<p class="codename"[^>]*>(.*?)</p>', re.DOTALL)
@@ -44,3 +48,19 @@ def multipart(parts: Sequence[Part]) -> tuple[bytes, str]:
             out += data + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return bytes(out), f"multipart/form-data; boundary={boundary}"
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; never Playwright's own browser downloads
+
+
+def require_browser(*, packages: str, packages_there: bool) -> None:
+    """Skip the calling module when Chromium or its Python packages are missing, unless
+    CPCP_TEST_REQUIRE_BROWSER=1 (scripts/test sets it), when that is an error."""
+    missing = [what for what, there in ((packages, packages_there), (str(CHROMIUM), CHROMIUM.exists()))
+               if not there]
+    if not missing:
+        return
+    why = f"not installed: {' and '.join(missing)} (scripts/setup --dev installs them)"
+    if os.environ.get("CPCP_TEST_REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"CPCP_TEST_REQUIRE_BROWSER=1 but {why}")
+    pytest.skip(why, allow_module_level=True)

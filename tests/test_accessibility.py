@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import re
 import secrets
 import subprocess
@@ -54,7 +53,7 @@ from cpcp.settings import load_settings
 from journalist_app.desk.sessions import COOKIE as DESK_COOKIE
 
 from .conftest import ROOT, Deployment, write_deployment
-from .helpers import codename_of, csrf, multipart
+from .helpers import CHROMIUM, codename_of, csrf, multipart, require_browser
 from .servers import Server, start_desk, start_server
 from .test_desk import jpeg_with_gps
 from .test_gateway import PASSPHRASE
@@ -67,14 +66,7 @@ except ImportError:
 else:
     HAVE_PLAYWRIGHT = True
 
-CHROMIUM = Path("/usr/bin/chromium")
-_missing = [what for what, there in (("the playwright and axe-playwright-python packages", HAVE_PLAYWRIGHT),
-                                     (str(CHROMIUM), CHROMIUM.exists())) if not there]
-if _missing:
-    _why = f"not installed: {' and '.join(_missing)} (scripts/setup --dev installs them)"
-    if os.environ.get("CPCP_TEST_REQUIRE_BROWSER") == "1":
-        raise RuntimeError(f"CPCP_TEST_REQUIRE_BROWSER=1 but {_why}")
-    pytest.skip(_why, allow_module_level=True)
+require_browser(packages="the playwright and axe-playwright-python packages", packages_there=HAVE_PLAYWRIGHT)
 
 # No name resolves and nothing leaves loopback (as in tests/tor/test_browser_tor.py).
 CHROMIUM_ARGS = ["--disable-gpu", "--disable-quic", "--disable-sync",

@@ -40,6 +40,7 @@ from onion.services import SOURCE
 from onion.testnet import PrivateTorNetwork
 
 from ..conftest import FPR, ROOT, TEST_KEYS, Deployment, gpg_decrypt, gpg_encrypt
+from ..helpers import CHROMIUM, require_browser
 from ..servers import Server
 from ..test_gateway import PASSPHRASE
 from .tornet import ANSWER_WITHIN, get_with_retries, publish, say
@@ -60,14 +61,7 @@ except ImportError:
 else:
     HAVE_PLAYWRIGHT = True
 
-CHROMIUM = Path("/usr/bin/chromium")
-_missing = [what for what, there in (("the playwright package", HAVE_PLAYWRIGHT),
-                                     (str(CHROMIUM), CHROMIUM.exists())) if not there]
-if _missing:
-    _why = f"not installed: {' and '.join(_missing)} (scripts/setup --dev installs them)"
-    if os.environ.get("CPCP_TEST_REQUIRE_BROWSER") == "1":
-        raise RuntimeError(f"CPCP_TEST_REQUIRE_BROWSER=1 but {_why}")
-    pytest.skip(_why, allow_module_level=True)
+require_browser(packages="the playwright package", packages_there=HAVE_PLAYWRIGHT)
 
 SCREENSHOTS = ROOT / "tests" / "screenshots"
 SHOT_NAME = re.compile(r"^(hi|en)-(360|1280)-\d\d-[a-z-]+\.png$")
