@@ -47,6 +47,9 @@ async def test_spam_leaves_the_inbox_for_the_spam_view_and_comes_back(
     assert "marked as spam" in page and "further messages raise no alert" in page
     assert await listed() == {real} and await listed("spam=1") == {prank}
     assert "Spam (1)" in (await browser.get("/inbox")).text
+    home = (await browser.get("/")).text  # the figures and charts leave spam out, and say so
+    assert re.search(r"<strong>1</strong> new", home) and re.search(r"<strong>1</strong> in all", home)
+    assert re.search(r"<strong>1</strong> marked as spam", home)
     # A bad value is refused and changes nothing.
     r = await desk_post(browser, f"/cases/{prank}/spam", {"spam": "maybe"}, token_from=f"/cases/{prank}")
     assert r.status_code == 400 and await listed("spam=1") == {prank}

@@ -86,13 +86,15 @@ def install(app: Quart) -> None:
 
     @app.get("/")
     async def home() -> ResponseReturnValue:
-        rows = await desk().casebook.summaries()
+        everything = await desk().casebook.summaries()
+        rows = [r for r in everything if not r.case.spam]  # spam is counted apart, as in the inbox
         names = {u.slug: u.name_en for u in desk().cache.units()}
         charts = {key: bar_chart(bars, title=f"New and open cases by {key}")
                   for key, bars in counts(rows, names).items()}
         return await page("home.html", charts=charts, total=len(rows),
                           new=sum(1 for r in rows if r.case.status == "received"),
-                          open=sum(1 for r in rows if r.case.status != "closed"))
+                          open=sum(1 for r in rows if r.case.status != "closed"),
+                          spam=len(everything) - len(rows))
 
     @app.get("/inbox")
     async def inbox() -> ResponseReturnValue:
