@@ -338,3 +338,33 @@ async def test_many_callers_are_held_to_exactly_max_callers() -> None:
     for i in range(300):
         await wrong(throttle, f"c{i}")
     assert throttle.callers_tracked() == 100
+
+
+async def test_a_paced_try_waits_only_the_rest_of_a_partly_refilled_token() -> None:
+    time = FakeTime()
+    throttle = make(time, site_per_minute=15)
+    await drain_site(throttle, 15)
+    time.now += 3.5  # seven eighths of a token back
+    await wrong(throttle, "drain0")
+    assert time.now == 1004.0  # half a second, not a whole one, and not a whole period
+
+
+async def test_every_slot_comes_back_after_use() -> None:
+    time = FakeTime()
+    throttle = make(time, concurrency=3)
+    inside = 0
+
+    async def one(caller: str, gate: asyncio.Event) -> None:
+        nonlocal inside
+        async with throttle.hashing(caller):
+            inside += 1
+            await gate.wait()
+            inside -= 1
+
+    for _ in range(2):
+        gate = asyncio.Event()
+        tasks = [asyncio.create_task(one(c, gate)) for c in "abc"]
+        await settle()
+        assert inside == 3  # a slot handed back as "one free" instead of "one more" fails here
+        gate.set()
+        await asyncio.gather(*tasks)
