@@ -368,3 +368,13 @@ async def test_every_slot_comes_back_after_use() -> None:
         assert inside == 3  # a slot handed back as "one free" instead of "one more" fails here
         gate.set()
         await asyncio.gather(*tasks)
+
+
+async def test_waiting_for_a_busy_slot_sets_no_timer() -> None:
+    time = FakeTime()
+    throttle = make(time, concurrency=1)
+    async with throttle.hashing("holder"):
+        waiting = asyncio.create_task(right(throttle, "b"))
+        await settle()
+        assert time.slept == []  # a slot comes back by release, not by waking up to look
+    await waiting
