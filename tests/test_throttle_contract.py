@@ -259,16 +259,40 @@ async def test_slots_go_round_robin_between_waiting_callers() -> None:
     assert "".join(order) == "abcabcabc"
 
 
-async def test_a_cancelled_waiting_try_gives_its_turn_away() -> None:
+async def hashes_at_once(throttle: LoginThrottle, tries: int) -> int:
+    """How many of ``tries`` parallel hashes of fresh callers get a slot at the same time."""
+    gate = asyncio.Event()
+    inside = peak = 0
+
+    async def one(caller: str) -> None:
+        nonlocal inside, peak
+        async with throttle.hashing(caller):
+            inside += 1
+            peak = max(peak, inside)
+            await gate.wait()
+            inside -= 1
+
+    tasks = [asyncio.create_task(one(f"h{i}")) for i in range(tries)]
+    await settle()
+    gate.set()
+    if not await settle(*tasks):  # a lost slot: do not hang, report what ran
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return -peak
+    return peak
+
+
+async def test_a_cancelled_waiting_try_gives_its_turn_away_and_takes_no_slot() -> None:
     time = FakeTime()
     throttle = make(time, concurrency=1)
     async with throttle.hashing("holder"):
         waiting = asyncio.create_task(right(throttle, "b"))
         await asyncio.sleep(0)
         waiting.cancel()
-        await asyncio.sleep(0)
-    after = asyncio.create_task(right(throttle, "c"))
-    assert await settle(after) and after.exception() is None
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    assert await hashes_at_once(throttle, 3) == 1  # neither a slot lost nor one too many
 
 
 async def test_a_try_cancelled_just_after_getting_its_slot_hands_it_back() -> None:
@@ -280,8 +304,7 @@ async def test_a_try_cancelled_just_after_getting_its_slot_hands_it_back() -> No
     waiting.cancel()  # the slot was handed to it, but it has not run yet
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    after = asyncio.create_task(right(throttle, "c"))
-    assert await settle(after) and after.exception() is None
+    assert await hashes_at_once(throttle, 3) == 1
 
 
 # -- forgetting callers ------------------------------------------------------------------------
