@@ -13,15 +13,17 @@ from cpcp.throttle import LoginThrottle
 
 
 class FakeTime:
-    """A clock the test moves; ``sleep`` moves it too (and yields to the loop)."""
+    """A clock the test moves; ``sleep`` moves it too, yields to the loop, and is recorded."""
 
     def __init__(self) -> None:
         self.now = 1000.0
+        self.slept: list[float] = []
 
     def __call__(self) -> float:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
         self.now += seconds
         await asyncio.sleep(0)
 

@@ -13,52 +13,7 @@ import pytest
 from cpcp.errors import Throttled
 from cpcp.throttle import LoginThrottle
 
-
-class FakeTime:
-    """A clock the test moves; ``sleep`` moves it too, yields to the loop, and is recorded."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-def make(time: FakeTime, **overrides: float) -> LoginThrottle:
-    options: dict[str, float] = {
-        "caller_burst": 3, "caller_per_hour": 60, "site_per_minute": 1000, "concurrency": 2,
-        "queue_per_caller": 2, "max_callers": 1000, "caller_idle": 600, "failure_delay": 0,
-    }
-    options.update(overrides)
-    return LoginThrottle(**options, clock=time, sleep=time.sleep)  # type: ignore[arg-type]
-
-
-async def wrong(throttle: LoginThrottle, caller: str) -> None:
-    async with throttle.attempt(caller) as attempt:
-        async with attempt.hashing():
-            await asyncio.sleep(0)
-        await attempt.wrong()
-
-
-async def right(throttle: LoginThrottle, caller: str) -> None:
-    async with throttle.attempt(caller) as attempt:
-        async with attempt.hashing():
-            await asyncio.sleep(0)
-        attempt.right()
-
-
-async def allowed(throttle: LoginThrottle, caller: str) -> bool:
-    try:
-        await wrong(throttle, caller)
-    except Throttled:
-        return False
-    return True
+from .test_throttle import FakeTime, allowed, make, right, wrong
 
 
 async def retry_after(throttle: LoginThrottle, caller: str) -> int:
