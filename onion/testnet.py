@@ -57,10 +57,10 @@ AUTHORITY_VOTES: dict[str, str] = {
     "TestingAuthDirTimeToLearnReachability": "0",
 }
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+def free_port(address: str = LOOPBACK) -> int:
+    """A TCP port free on ``address`` (127.0.0.1 by default) right now."""
     with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
+        s.bind((address, 0))
         return int(s.getsockname()[1])
 
 
@@ -72,11 +72,12 @@ class Authority:
     dir_port: int
     v3ident: str  # fingerprint of the authority identity key (tor-gencert)
     fingerprint: str  # relay identity fingerprint (tor --list-fingerprint)
+    address: str = LOOPBACK
 
     @property
     def dir_authority_line(self) -> str:
         return (f"{self.nickname} orport={self.or_port} no-v2 v3ident={self.v3ident} "
-                f"{LOOPBACK}:{self.dir_port} {self.fingerprint}")
+                f"{self.address}:{self.dir_port} {self.fingerprint}")
 
 
 @dataclass
@@ -91,6 +92,10 @@ class PrivateTorNetwork:
     bootstrap_timeout: float = 120 * SECONDS
     #: Each tor logs at this level to ``<root>/<node>/<level>.log``.
     log_level: str = "notice"
+    #: Where authorities and relays listen (ORPort, DirPort). 127.0.0.1 unless tors in other
+    #: network namespaces (the deployment tests' containers) must reach them; control and SOCKS
+    #: ports stay on 127.0.0.1 whatever this is.
+    address: str = LOOPBACK
     #: Seconds from the first tor started to client and service at 100%, set by ``start``.
     bootstrap_seconds: float = 0.0
     _authorities: list[Authority] = field(default_factory=list)
@@ -168,9 +173,9 @@ class PrivateTorNetwork:
             for auth in self._authorities:
                 self._launch(auth.nickname, {
                     "Nickname": auth.nickname,
-                    "Address": LOOPBACK,
-                    "ORPort": f"{LOOPBACK}:{auth.or_port}",
-                    "DirPort": f"{LOOPBACK}:{auth.dir_port}",
+                    "Address": self.address,
+                    "ORPort": f"{self.address}:{auth.or_port}",
+                    "DirPort": f"{self.address}:{auth.dir_port}",
                     "AssumeReachable": "1",
                     "ContactInfo": f"{auth.nickname}@test.invalid",
                     "ExitRelay": "0",
@@ -185,8 +190,8 @@ class PrivateTorNetwork:
                 nickname = f"relay{i}"
                 self._launch(nickname, {
                     "Nickname": nickname,
-                    "Address": LOOPBACK,
-                    "ORPort": f"{LOOPBACK}:{free_port()}",
+                    "Address": self.address,
+                    "ORPort": f"{self.address}:{free_port(self.address)}",
                     "AssumeReachable": "1",
                     "ContactInfo": f"{nickname}@test.invalid",
                     "ExitRelay": "0",
@@ -272,9 +277,9 @@ class PrivateTorNetwork:
         keys = data_dir / "keys"
         keys.mkdir(mode=0o700, parents=True, exist_ok=True)
         data_dir.chmod(0o700)
-        or_port, dir_port = free_port(), free_port()
+        or_port, dir_port = free_port(self.address), free_port(self.address)
         _run([self.gencert_cmd, "--create-identity-key", "--passphrase-fd", "0", "-m", "12",
-              "-a", f"{LOOPBACK}:{dir_port}",
+              "-a", f"{self.address}:{dir_port}",
               "-i", str(keys / "authority_identity_key"),
               "-s", str(keys / "authority_signing_key"),
               "-c", str(keys / "authority_certificate")], stdin=b"\n")
@@ -283,7 +288,7 @@ class PrivateTorNetwork:
             if line.startswith("fingerprint "):
                 v3ident = line.split()[1]
         printed = _run([self.tor_cmd, "--list-fingerprint", "--ignore-missing-torrc", "-f", "/dev/null",
-                        "--DataDirectory", str(data_dir), "--ORPort", f"{LOOPBACK}:{or_port}",
+                        "--DataDirectory", str(data_dir), "--ORPort", f"{self.address}:{or_port}",
                         "--Nickname", nickname, "--Log", "err stderr"])
         fingerprint = ""
         for line in printed.splitlines():
@@ -292,7 +297,7 @@ class PrivateTorNetwork:
                 fingerprint = "".join(parts[1:])
         if len(v3ident) != 40 or len(fingerprint) != 40:
             raise TorFailed(f"{nickname}: could not read the authority's fingerprints")
-        return Authority(nickname, data_dir, or_port, dir_port, v3ident, fingerprint)
+        return Authority(nickname, data_dir, or_port, dir_port, v3ident, fingerprint, self.address)
 
 
 def _run(args: list[str], stdin: bytes = b"") -> str:

@@ -60,9 +60,19 @@ def load(playbook: str) -> list[dict[str, Any]]:
     return plays
 
 
+INCLUDES = ("ansible.builtin.include_tasks", "ansible.builtin.import_tasks")
+
+
 def tasks(play: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every task of the play, with those of blocks and of included task files (ansible/tasks/)."""
     for task in [*play.get("tasks", []), *play.get("handlers", [])]:
-        yield from tasks({"tasks": task["block"]}) if "block" in task else [task]
+        if "block" in task:
+            yield from tasks({"tasks": task["block"]})
+            continue
+        yield task
+        included = next((task[key] for key in INCLUDES if key in task), None)
+        if included is not None:
+            yield from tasks({"tasks": yaml.safe_load((ANSIBLE / included).read_text())})
 
 
 def module(task: dict[str, Any]) -> tuple[str, Any]:
@@ -85,7 +95,7 @@ def resolve(value: Any, context: dict[str, Any]) -> Any:
 
 def play_vars(playbook: str, **extra: Any) -> dict[str, Any]:
     """The play's vars, overridden by ``extra`` (as -e or set_fact would), templates resolved."""
-    context = {**load(playbook)[0]["vars"], **extra}
+    context = {"playbook_dir": str(ANSIBLE), **load(playbook)[0]["vars"], **extra}
     for _ in range(5):  # vars may refer to vars that refer to vars
         context = {key: resolve(value, context) for key, value in context.items()}
     return context
@@ -133,7 +143,8 @@ def test_playbook_structure(playbook: str) -> None:
     inventory = (ANSIBLE / "inventory.example.ini").read_text()
     for play in load(playbook):
         assert f"[{play['hosts']}]" in inventory
-        handlers = {h["name"] for h in play.get("handlers", [])}
+        handlers = {h["name"] for h in play.get("handlers", [])} | {h["listen"] for h in play.get("handlers", [])
+                                                                     if "listen" in h}
         for task in tasks(play):
             assert task.get("name"), task
             module(task)

@@ -1,0 +1,151 @@
+"""The deployment tests: both playbooks applied for real to booted Debian 12 containers.
+
+A package-wide private Tor network listens on the containers' side of the host (TOR_ADDRESS);
+the server container gets server.yml with the network's authorities as ``[tor] torrc_include``,
+the workstation container gets workstation.yml with the same lines for its own tor. Applied once
+for the whole package (about N minutes on 2 cores, mostly apt and pip inside the containers).
+
+Needs root, debootstrap, systemd-nspawn, nsenter, nft, ip and ansible-playbook (scripts/setup
+--dev installs them); without them the package is skipped, unless CPCP_TEST_REQUIRE_DEPLOY=1,
+when it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from onion.testnet import PrivateTorNetwork
+
+from ..conftest import FPR, write_deployment
+from ..containers import TOR_ADDRESS, Container, HostNetwork, base_root, missing_tools
+from ..tor.tornet import say
+from .playbooks import AUTH_LINE, ONION, Applied, apply, torrc_lines
+
+MISSING = missing_tools() + ([] if os.geteuid() == 0 else ["root"])
+if MISSING and os.environ.get("CPCP_TEST_REQUIRE_DEPLOY") == "1":
+    raise RuntimeError(f"CPCP_TEST_REQUIRE_DEPLOY=1 but this machine lacks: {', '.join(MISSING)}")
+
+HERE = Path(__file__).parent
+TEST_KEYS = HERE.parent.parent / "keys" / "test"
+OFFICER = "officer-a"
+WORKSTATION_USER = "officer"
+CONFIG = "/etc/cpcp/cpcp.toml"
+VENV = "/opt/cpcp/current/.venv/bin"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+            if MISSING:
+                item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(MISSING)} (scripts/setup --dev)"))
+            item.add_marker(pytest.mark.filterwarnings(r"ignore:setDaemon\(\) is deprecated:DeprecationWarning"))
+
+
+@dataclass
+class Site:
+    """A deployed server and workstation, and what the admin learnt while deploying them."""
+
+    server: Container
+    workstation: Container
+    workdir: Path
+    network: PrivateTorNetwork
+    server_vars: dict[str, object]
+    workstation_vars: dict[str, object]
+    onions: dict[str, str] = field(default_factory=dict)
+    passphrase: str = ""
+    totp_secret: str = ""
+    applies: list[Applied] = field(default_factory=list)
+
+    def admin(self, *args: str, host: Container | None = None, check: bool = True) -> str:
+        """``cpcp-admin`` on the server as the service user, as the README tells the admin."""
+        target = host or self.server
+        return target.run(["runuser", "-u", "cpcp", "--", f"{VENV}/cpcp-admin", "--config", CONFIG, *args],
+                          check=check).stdout
+
+    def onion_cli(self, *args: str, host: Container | None = None, check: bool = True) -> str:
+        target = host or self.server
+        return target.run(["runuser", "-u", "cpcp", "--", f"{VENV}/cpcp-onion", "--config", CONFIG,
+                           *args], check=check).stdout
+
+
+def server_files(workdir: Path) -> Path:
+    """ansible/files/ as the admin fills it: deployment.toml and the public keys."""
+    files = workdir / "files"
+    write_deployment(files, "sqlite+aiosqlite:///unused")
+    for leftover in ("cpcp.toml",):
+        (files / leftover).unlink(missing_ok=True)
+    return files
+
+
+def wait_for_onions(site: Site, host: Container | None = None, timeout: float = 240) -> dict[str, str]:
+    """Both onion addresses, once ``cpcp-onion status`` says both are published."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = site.onion_cli("status", host=host, check=False)
+        found = dict(ONION.findall(status))
+        if len(found) == 2 and "NOT" not in status:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"onions not published after {timeout:.0f}s:\n{status}")
+        time.sleep(3)
+
+
+@pytest.fixture(scope="package")
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    workdir = Path(os.environ.get("CPCP_TEST_DEPLOY_DIR") or tmp_path_factory.mktemp("deploy"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    base_root()
+    say(request, f"\ndeploy: base root ready in {time.monotonic() - started:.1f}s")
+    shutil.rmtree(workdir / "tornet", ignore_errors=True)
+    with HostNetwork(), PrivateTorNetwork(workdir / "tornet", address=TOR_ADDRESS) as network, \
+            Container("server", 1, workdir) as server, Container("desk", 2, workdir) as workstation:
+        say(request, f"deploy: private Tor network in {network.bootstrap_seconds:.1f}s; containers booted")
+        include = torrc_lines(network.dir_authority_options())
+        server_vars: dict[str, object] = {
+            "cpcp_oversight_fingerprint": FPR["oversight"], "cpcp_files_dir": str(server_files(workdir)),
+            "cpcp_torrc_include_lines": include}
+        site = Site(server, workstation, workdir, network, server_vars, {})
+        applied = apply("server.yml", {"cpcp_server": server}, server_vars, workdir)
+        site.applies.append(applied)
+        say(request, f"deploy: server.yml applied in {applied.seconds:.0f}s, changed={applied.changed()}")
+        site.onions = wait_for_onions(site)
+        enrolled = site.admin("officer-enrol", OFFICER)
+        site.passphrase = re.search(r"passphrase: (.+)", enrolled)[1].strip()  # type: ignore[index]
+        site.totp_secret = re.search(r"secret: ([A-Z2-7]+)", enrolled)[1]  # type: ignore[index]
+        client = site.onion_cli("add-client", "desk-1")
+        auth = AUTH_LINE.search(client)
+        assert auth, client
+        prepare_workstation(workstation)
+        site.workstation_vars = {"cpcp_officer_auth_private": auth[0], "cpcp_officer_user": WORKSTATION_USER,
+                                 "cpcp_workstation_torrc_lines": include}
+        applied = apply("workstation.yml", {"cpcp_workstation": workstation}, site.workstation_vars, workdir)
+        site.applies.append(applied)
+        officer_logs_in(workstation)
+        say(request, f"deploy: workstation.yml applied in {applied.seconds:.0f}s, changed={applied.changed()}")
+        yield site
+        shutil.rmtree(workdir / "ansible-local", ignore_errors=True)
+
+
+def prepare_workstation(host: Container) -> None:
+    """What the officer's workstation has before the admin arrives: the officer's account, logged
+    in later (``officer_logs_in``)."""
+    host.run(["useradd", "--create-home", "--shell", "/bin/bash", WORKSTATION_USER])
+
+
+def officer_logs_in(host: Container) -> None:
+    """The officer's own key into their GnuPG home (on a real desk: theirs, or a smartcard),
+    then their login: systemd starts their user manager, which starts the desk."""
+    secret = (TEST_KEYS / f"{OFFICER}.secret.asc").read_bytes()
+    host.run(["gpg", "--batch", "--import"], input=secret, user=WORKSTATION_USER)
+    uid = host.run(["id", "-u", WORKSTATION_USER]).stdout.strip()
+    host.run(["systemctl", "start", f"user@{uid}.service"])
