@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from onion.testnet import PrivateTorNetwork
 from ..conftest import FPR, write_deployment
 from ..containers import TOR_ADDRESS, Container, HostNetwork, base_root, missing_tools
 from ..tor.tornet import say
+from .journey import Officer
 from .playbooks import AUTH_LINE, ONION, Applied, apply, torrc_lines
 
 MISSING = missing_tools() + ([] if os.geteuid() == 0 else ["root"])
@@ -61,9 +63,11 @@ class Site:
     server_vars: dict[str, object]
     workstation_vars: dict[str, object]
     onions: dict[str, str] = field(default_factory=dict)
-    passphrase: str = ""
-    totp_secret: str = ""
+    officer: Officer = field(default_factory=lambda: Officer(OFFICER, "", ""))
+    officer_uid: str = ""
     applies: list[Applied] = field(default_factory=list)
+    #: What the journey left for the restore drill to find again (codename, canaries).
+    story: dict[str, Any] = field(default_factory=dict)
 
     def admin(self, *args: str, host: Container | None = None, check: bool = True) -> str:
         """``cpcp-admin`` on the server as the service user, as the README tells the admin."""
@@ -120,8 +124,9 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         say(request, f"deploy: server.yml applied in {applied.seconds:.0f}s, changed={applied.changed()}")
         site.onions = wait_for_onions(site)
         enrolled = site.admin("officer-enrol", OFFICER)
-        site.passphrase = re.search(r"passphrase: (.+)", enrolled)[1].strip()  # type: ignore[index]
-        site.totp_secret = re.search(r"secret: ([A-Z2-7]+)", enrolled)[1]  # type: ignore[index]
+        passphrase, secret = re.search(r"passphrase: (.+)", enrolled), re.search(r"secret: ([A-Z2-7]+)", enrolled)
+        assert passphrase and secret, enrolled
+        site.officer = Officer(OFFICER, passphrase[1].strip(), secret[1])
         client = site.onion_cli("add-client", "desk-1")
         auth = AUTH_LINE.search(client)
         assert auth, client
@@ -130,7 +135,7 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                                  "cpcp_workstation_torrc_lines": include}
         applied = apply("workstation.yml", {"cpcp_workstation": workstation}, site.workstation_vars, workdir)
         site.applies.append(applied)
-        officer_logs_in(workstation)
+        site.officer_uid = officer_logs_in(workstation)
         say(request, f"deploy: workstation.yml applied in {applied.seconds:.0f}s, changed={applied.changed()}")
         yield site
         shutil.rmtree(workdir / "ansible-local", ignore_errors=True)
@@ -142,10 +147,11 @@ def prepare_workstation(host: Container) -> None:
     host.run(["useradd", "--create-home", "--shell", "/bin/bash", WORKSTATION_USER])
 
 
-def officer_logs_in(host: Container) -> None:
+def officer_logs_in(host: Container) -> str:
     """The officer's own key into their GnuPG home (on a real desk: theirs, or a smartcard),
     then their login: systemd starts their user manager, which starts the desk."""
     secret = (TEST_KEYS / f"{OFFICER}.secret.asc").read_bytes()
     host.run(["gpg", "--batch", "--import"], input=secret, user=WORKSTATION_USER)
     uid = host.run(["id", "-u", WORKSTATION_USER]).stdout.strip()
     host.run(["systemctl", "start", f"user@{uid}.service"])
+    return uid
