@@ -292,3 +292,31 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
                           check=False, capture_output=True, text=True, timeout=30)
     problems = [line for line in done.stderr.splitlines() if str(folder) in line]
     assert done.returncode == 0 and not problems, done.stderr
+
+
+#: `systemd-analyze security` calls <= 2.0 "OK"; the server units must stay there.
+EXPOSURE_LIMIT = 2.0
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_server_units_sandboxed(tmp_path: Path) -> None:
+    """The offline exposure score of each server unit, as rendered, is "OK" or better; the
+    apps may reach loopback only, and none keeps a capability."""
+    folder = tmp_path / "units"
+    folder.mkdir()
+    for name, (dest, text) in units(tmp_path).items():
+        if dest.parent != Path("/etc/systemd/system"):
+            continue
+        service = unit(text)["Service"]
+        assert service["CapabilityBoundingSet"] == "" and service["AmbientCapabilities"] == ""
+        assert service["UMask"] == "0077"
+        assert service["ProtectSystem"] == "strict" and service["MemoryDenyWriteExecute"] == "true"
+        if name != "cpcp-onion.service":  # tor alone must reach the Tor network
+            assert (service["IPAddressDeny"], service["IPAddressAllow"]) == ("any", "localhost")
+        path = folder / name
+        path.write_text(text)
+        done = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                               str(path)], check=False, capture_output=True, text=True, timeout=30)
+        found = re.search(rf"Overall exposure level for {re.escape(name)}: (\d+\.\d+)", done.stdout)
+        assert found, done.stdout + done.stderr
+        assert float(found[1]) <= EXPOSURE_LIMIT, done.stdout
