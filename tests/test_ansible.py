@@ -11,6 +11,7 @@ verify`` checks them where it exists.
 from __future__ import annotations
 
 import configparser
+import json
 import re
 import shutil
 import subprocess
@@ -328,3 +329,78 @@ def test_server_units_sandboxed(tmp_path: Path) -> None:
         found = re.search(rf"Overall exposure level for {re.escape(name)}: (\d+\.\d+)", done.stdout)
         assert found, done.stdout + done.stderr
         assert float(found[1]) <= EXPOSURE_LIMIT, done.stdout
+
+
+# --- preflight: a real ansible-playbook run that stops before the first remote task ------------
+
+TEST_KEYS = ROOT / "keys" / "test"
+TEST_FPR = dict(line.split() for line in (TEST_KEYS / "FINGERPRINTS").read_text().splitlines()
+                if line.strip())
+
+
+def deployment_toml(*officers: str) -> str:
+    entries = [f'[[officers]]\nhandle = "{who}"\nname = "{who}"\nfingerprint = "{TEST_FPR[who]}"\n'
+               f'key_file = "{who}.asc"\n' for who in officers]
+    return "\n".join(entries) + ('\n[[units]]\nslug = "ps-x"\nkind = "police_station"\n'
+                                 'name_en = "X"\nname_hi = "X"\nofficers = ["officer-a"]\n')
+
+
+def admin_vars() -> dict[str, Any]:
+    public = generate_key_pair("laptop").public
+    return {"cpcp_admin_ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBexample admin@laptop"],
+            "cpcp_admin_onion_clients": {"laptop": f"descriptor:x25519:{public}"}}
+
+
+PREFLIGHT_CASES = {
+    "all there": (deployment_toml("officer-a", "officer-b"), ["officer-a", "officer-b", "oversight"],
+                  {}, None),
+    "keys wrong or missing": (deployment_toml("officer-a", "officer-b"), ["officer-a"],
+                              {"cpcp_oversight_key_file": "officer-a.asc"},
+                              ["oversight key: ", "does not hold the key " + TEST_FPR["oversight"],
+                               "officer officer-b: key file ", "officer-b.asc is missing"]),
+    "no officer": ("", ["oversight"], {}, ["deployment.toml lists no officer"]),
+    "no admin SSH keys": (deployment_toml("officer-a"), ["officer-a", "oversight"],
+                          {"cpcp_admin_ssh_keys": []}, ["cpcp_admin_ssh_keys: "]),
+    "bad admin onion key": (deployment_toml("officer-a"), ["officer-a", "oversight"],
+                            {"cpcp_admin_onion_clients": {"laptop": "x25519:AAAA"}},
+                            ["cpcp_admin_onion_clients: "]),
+    "backup key not there": (deployment_toml("officer-a"), ["officer-a", "oversight"],
+                             {"cpcp_backup_key_file": "backup.asc",
+                              "cpcp_backup_fingerprint": TEST_FPR["custodian"]},
+                             ["backup key: key file ", "backup.asc is missing"]),
+}
+
+
+@pytest.mark.skipif(shutil.which("ansible-playbook") is None, reason="no ansible-playbook here")
+@pytest.mark.parametrize("case", list(PREFLIGHT_CASES))
+def test_preflight_stops_before_any_change_naming_what_is_missing(tmp_path: Path, case: str) -> None:
+    deployment, keys, extra, problems = PREFLIGHT_CASES[case]
+    shutil.copytree(ANSIBLE, tmp_path / "ansible", ignore=shutil.ignore_patterns("files"))
+    files = tmp_path / "ansible" / "files"
+    (files / "keys").mkdir(parents=True)
+    if deployment is not None:
+        (files / "deployment.toml").write_text(deployment)
+    for who in keys:
+        shutil.copy(TEST_KEYS / f"{who}.pub.asc", files / "keys" / f"{who}.asc")
+    # Port 1 on loopback: any task that reaches for the server fails at once, unreachable.
+    (tmp_path / "inventory.ini").write_text(
+        "[cpcp_server]\nserver ansible_host=127.0.0.1 ansible_port=1 ansible_user=nobody\n")
+    variables = {"cpcp_oversight_fingerprint": TEST_FPR["oversight"], **admin_vars(), **extra}
+    (tmp_path / "vars.json").write_text(json.dumps(variables))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"), "ANSIBLE_HOST_KEY_CHECKING": "False",
+           "ANSIBLE_RETRY_FILES_ENABLED": "False"}
+    done = subprocess.run(["ansible-playbook", "-i", "inventory.ini", "ansible/server.yml",
+                           "-e", "@vars.json"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    out = done.stdout + done.stderr
+    ran = re.findall(r"^TASK \[(.*?)\]", done.stdout, re.MULTILINE)
+    preflight = [t for t in ran if t.startswith(("Fail early", "Preflight"))]
+    if problems is None:
+        # Every check passed; the first remote task was the first to reach for the server.
+        assert len(preflight) == 6 and ran[len(preflight)] == "Debian packages", out
+        assert re.search(r"unreachable=1\s+failed=0", out), out
+    else:
+        assert ran == preflight, out  # stopped inside the preflight: nothing was changed
+        assert re.search(r"changed=0\s+unreachable=0\s+failed=1", out), out
+        assert all(problem in out for problem in problems), out
