@@ -91,6 +91,10 @@ class TorSettings:
     # sets itself (control port, DataDirectory, SOCKS, onion services) are refused there:
     # onion/deployment.py ALLOWED_OPTIONS lists what is accepted.
     torrc_include: Path | None = None
+    # Where this tor keeps its DataDirectory (tor/), the onion keys and client keys (onion/) and
+    # its log (logs/tor.log). Empty: the data folder. A folder of its own lets tor run as a user
+    # of its own, so the apps cannot read the onion keys (ansible/server.yml does that).
+    data_dir: Path | None = None
     # Admin SSH through a third onion service (SecureDrop's pattern): sshd's loopback port
     # (0: no SSH onion), and the admins' client keys for it, one "NAME descriptor:x25519:KEY"
     # line each (see ``cpcp-onion admin-key``). Only these keys can reach the onion.
@@ -244,7 +248,7 @@ def load_settings(
         if values.get(key):
             values[key] = str((base / str(values[key])).resolve())
     tor = values.get("tor")
-    for key in ("torrc_include", "ssh_clients_file"):
+    for key in ("torrc_include", "ssh_clients_file", "data_dir"):
         tor = values.get("tor")
         if isinstance(tor, Mapping) and tor.get(key):
             values["tor"] = {**tor, key: str(base / str(tor[key]))}

@@ -1,7 +1,9 @@
 """A deployment's onion setup, derived once from the one :class:`cpcp.settings.Settings`.
 
 The tor CPCP owns keeps its DataDirectory at ``<data_dir>/tor`` and logs to
-``<data_dir>/logs/tor.log``; the onion services live in ``<data_dir>/onion/``. The setting
+``<data_dir>/logs/tor.log``; the onion services live in ``<data_dir>/onion/``, where
+``<data_dir>`` is ``[tor] data_dir`` if set (a folder of tor's own user), else the deployment's
+data folder. The setting
 ``[tor] torrc_include`` adds lines of the admin's own (bridges, a test network's authorities)
 after CPCP's.
 """
@@ -84,11 +86,11 @@ class OnionDeployment:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OnionDeployment:
-        data_dir = settings.data_dir.resolve()
+        data_dir = (settings.tor.data_dir or settings.data_dir).resolve()
         return cls(
             data_dir=data_dir,
             tor_dir=data_dir / "tor",
-            log_file=settings.log_dir.resolve() / "tor.log",
+            log_file=data_dir / "logs" / "tor.log",
             layout=OnionLayout.for_data_dir(data_dir),
             services=tuple(cpcp_services(source_port=settings.source.port,
                                          gateway_port=settings.gateway.port,

@@ -201,6 +201,9 @@ def test_server_settings_load(tmp_path: Path, lines: list[str], database_url: st
     assert settings.oversight_fingerprint == FPR
     assert settings.database_url == (database_url or
                                      f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cpcp.sqlite'}")
+    assert settings.tor.data_dir == Path(context["cpcp_tor_data_dir"])
+    assert settings.tor.ssh_port == 22
+    assert settings.tor.ssh_clients_file == etc / "ssh-onion-clients"
     if lines:
         assert settings.tor.torrc_include == etc / "torrc-include"
         known = frozenset(line.split()[0] for line in BRIDGES)
@@ -276,9 +279,15 @@ def test_units_start_entry_points_on_loopback_in_order(tmp_path: Path) -> None:
         assert not re.search(r"HOST|PORT|BIND", service.get("Environment", ""),
                              re.IGNORECASE)
         if dest.parent == Path("/etc/systemd/system"):
-            assert service["User"] == "cpcp"
             assert service["ProtectSystem"] == "strict"
-            assert service["ReadWritePaths"] == str(tmp_path / "data")
+            if name == "cpcp-onion.service":  # tor: its own user and folder, not the apps'
+                assert service["User"] == "cpcp-tor"
+                assert service["ReadWritePaths"] == "/var/lib/cpcp-tor"
+                assert service["InaccessiblePaths"] == f"-{tmp_path / 'data'}"
+            else:
+                assert service["User"] == "cpcp"
+                assert service["ReadWritePaths"] == str(tmp_path / "data")
+                assert service["InaccessiblePaths"] == "-/var/lib/cpcp-tor"
             assert service["Environment"] == f"CPCP_CONFIG={tmp_path / 'etc' / 'cpcp.toml'}"
         else:  # the desk: a user unit, run by the officer's own systemd
             assert dest.parent == Path("/etc/systemd/user")

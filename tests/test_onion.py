@@ -690,3 +690,15 @@ def test_ssh_answer_wants_an_ssh_banner() -> None:
     finally:
         thread.join()
         server.close()
+
+
+def test_tor_data_dir_setting_gives_tor_a_folder_apart_from_the_apps(tmp_path: Path) -> None:
+    config = write_deployment(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cpcp.sqlite'}")
+    shared = OnionDeployment.from_settings(load_settings(config, env={}))
+    assert (shared.tor_dir, shared.layout.root, shared.log_file) == (
+        tmp_path / "data" / "tor", tmp_path / "data" / "onion", tmp_path / "data" / "logs" / "tor.log")
+    config.write_text(config.read_text() + '\n[tor]\ndata_dir = "tor-home"\n')
+    apart = OnionDeployment.from_settings(load_settings(config, env={}))
+    home = tmp_path / "tor-home"  # relative to the settings file, like the other paths
+    assert (apart.data_dir, apart.tor_dir, apart.layout.root, apart.log_file) == (
+        home, home / "tor", home / "onion", home / "logs" / "tor.log")
