@@ -5,7 +5,10 @@ with the playbook's own variables plus example values; and what renders is what 
 accept: cpcp.toml through ``load_settings``, desk.toml through ``load_desk_settings``, the torrc
 fragment through onion's parser. The systemd units start entry points of pyproject.toml from
 the venv, leave the apps on loopback and start the onions after the apps; ``systemd-analyze
-verify`` checks them where it exists.
+verify`` checks them where it exists, and ``systemd-analyze security`` keeps each server unit's
+exposure at 2.0 or below. The firewall drops by default and ``nft -c`` accepts it. The preflight
+is run for real: ``ansible-playbook`` against a host it must never reach, stopping before the
+first remote task with a message naming what is missing.
 """
 
 from __future__ import annotations
@@ -413,3 +416,39 @@ def test_preflight_stops_before_any_change_naming_what_is_missing(tmp_path: Path
         assert ran == preflight, out  # stopped inside the preflight: nothing was changed
         assert re.search(r"changed=0\s+unreachable=0\s+failed=1", out), out
         assert all(problem in out for problem in problems), out
+
+
+# --- the firewall -------------------------------------------------------------------------------
+
+
+def test_firewall_drops_by_default_and_lets_only_tor_and_apt_connect_out(tmp_path: Path) -> None:
+    _, text = templates("server.yml", server_vars(tmp_path))["nftables.conf.j2"]
+    chains = dict(re.findall(r"chain (\w+) \{(.*?)\n\t\}", text, re.DOTALL))
+    assert set(chains) == {"input", "forward", "output"}
+    for body in chains.values():
+        assert "policy drop;" in body
+    for chain, iface in (("input", "iif"), ("output", "oif")):
+        rules = [line.strip() for line in chains[chain].splitlines()[2:]
+                 if line.strip() and not line.strip().startswith("#")]
+        assert rules[:2] == [f'{iface} "lo" accept', "ct state established,related accept"]
+        assert rules[-1] == f"counter name dropped_{'in' if chain == 'input' else 'out'} drop"
+        # Nothing else is let in or out wholesale: every other accept names what it is for.
+        assert all(re.search(r"icmpv6 type|udp sport (67|68|546|547)|skuid", r)
+                   for r in rules[2:-1]), rules
+    (users,) = re.findall(r"ct state new meta skuid \{ (.*) \} accept", chains["output"])
+    assert users == '"cpcp-tor", "_apt"'
+    assert "skuid" not in chains["input"]
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="no nft here")
+def test_firewall_rules_load(tmp_path: Path) -> None:
+    """``nft -c`` (what the playbook's validate runs), with users this machine has."""
+    context = server_vars(tmp_path, cpcp_tor_user="root", cpcp_firewall_output_users=["root"])
+    _, text = templates("server.yml", context)["nftables.conf.j2"]
+    path = tmp_path / "nftables.conf"
+    path.write_text(text)
+    done = subprocess.run(["nft", "-c", "-f", str(path)], check=False, capture_output=True,
+                          text=True, timeout=30)
+    if "Operation not permitted" in done.stderr:
+        pytest.skip("nft -c needs CAP_NET_ADMIN")
+    assert done.returncode == 0, done.stderr
