@@ -91,6 +91,15 @@ class TorSettings:
     # sets itself (control port, DataDirectory, SOCKS, onion services) are refused there:
     # onion/deployment.py ALLOWED_OPTIONS lists what is accepted.
     torrc_include: Path | None = None
+    # Where this tor keeps its DataDirectory (tor/), the onion keys and client keys (onion/) and
+    # its log (logs/tor.log). Empty: the data folder. A folder of its own lets tor run as a user
+    # of its own, so the apps cannot read the onion keys (ansible/server.yml does that).
+    data_dir: Path | None = None
+    # Admin SSH through a third onion service (SecureDrop's pattern): sshd's loopback port
+    # (0: no SSH onion), and the admins' client keys for it, one "NAME descriptor:x25519:KEY"
+    # line each (see ``cpcp-onion admin-key``). Only these keys can reach the onion.
+    ssh_port: int = 0
+    ssh_clients_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -239,8 +248,10 @@ def load_settings(
         if values.get(key):
             values[key] = str((base / str(values[key])).resolve())
     tor = values.get("tor")
-    if isinstance(tor, Mapping) and tor.get("torrc_include"):
-        values["tor"] = {**tor, "torrc_include": str(base / str(tor["torrc_include"]))}
+    for key in ("torrc_include", "ssh_clients_file", "data_dir"):
+        tor = values.get("tor")
+        if isinstance(tor, Mapping) and tor.get(key):
+            values["tor"] = {**tor, key: str(base / str(tor[key]))}
     data_dir = Path(values["data_dir"])
     values.setdefault("database_url", f"sqlite+aiosqlite:///{data_dir / 'cpcp.sqlite'}")
     values.setdefault("keys_dir", str(data_dir / "keys"))
@@ -272,6 +283,11 @@ def validate(settings: Settings) -> Settings:
                           "login_failure_delay >= 0)")
     if settings.source.submissions_per_hour < 1 or settings.source.files_per_hour < 0:
         raise ConfigError("source submissions_per_hour must be >= 1 and files_per_hour >= 0")
+    if not 0 <= settings.tor.ssh_port < 65536:
+        raise ConfigError("tor.ssh_port must be a port (0: no SSH onion)")
+    if settings.tor.ssh_port and settings.tor.ssh_clients_file is None:
+        raise ConfigError("tor.ssh_port needs tor.ssh_clients_file: the SSH onion is never "
+                          "published without client authorization")
     include = settings.tor.torrc_include
     if include is not None:
         # Checked here so that a typo stops every program at start-up, not tor much later.

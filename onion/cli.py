@@ -20,6 +20,7 @@ import argparse
 import http.client
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -29,10 +30,10 @@ from types import FrameType
 from cpcp.errors import CPCPError
 from cpcp.settings import load_settings
 
-from .clients import workstation_instructions
+from .clients import admin_key_instructions, check_name, generate_key_pair, workstation_instructions
 from .deployment import OnionDeployment
 from .errors import OnionError, TorFailed, TorNotRunning
-from .services import OFFICER, SOURCE, OnionPublisher, OnionService, Publication
+from .services import OFFICER, SOURCE, SSH, OnionPublisher, OnionService, Publication
 from .tor import LOOPBACK, SECONDS, Tor, UploadWatch
 
 PROG = "cpcp-onion"
@@ -52,6 +53,10 @@ def _print_addresses(dep: OnionDeployment, result: Publication) -> None:
     print(f"source onion: http://{source}/", flush=True)
     print(f"officer onion: http://{officer}/ (client authorization, {workstations} workstation(s))",
           flush=True)
+    if SSH in result.addresses:
+        admins = len(dep.layout.clients(SSH).names())
+        print(f"admin ssh onion: {result.addresses[SSH]} port 22 (client authorization, "
+              f"{admins} admin key(s))", flush=True)
     for note in result.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
 
@@ -59,11 +64,13 @@ def _print_addresses(dep: OnionDeployment, result: Publication) -> None:
 def cmd_run(dep: OnionDeployment, args: argparse.Namespace) -> int:
     if args.control_port is None and args.control_socket is None:
         return _serve(dep, args)
+    changed = dep.sync_ssh_clients()
     with _attach(dep, args) as tor:  # a one-shot publication: give up after --timeout
         print(f"{PROG}: tor {tor.version} (attached)", file=sys.stderr, flush=True)
         OnionPublisher(tor=tor, layout=dep.layout).publish(
-            dep.services, timeout=args.timeout, on_addresses=lambda r: _print_addresses(dep, r))
-        print(f"{PROG}: both onions published", file=sys.stderr, flush=True)
+            dep.services, timeout=args.timeout, republish=[SSH] if changed else [],
+            on_addresses=lambda r: _print_addresses(dep, r))
+        print(f"{PROG}: the onions are published", file=sys.stderr, flush=True)
     return 0
 
 
@@ -77,6 +84,7 @@ def _serve(dep: OnionDeployment, args: argparse.Namespace) -> int:
     # Before tor starts, so a stop during start-up still ends in tor.close().
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+    dep.sync_ssh_clients()  # a fresh tor: nothing to re-publish
     options = dep.tor_options()
     started = time.monotonic()
     with Tor.launch(data_dir=dep.tor_dir, options=options, name="cpcp-tor") as tor:
@@ -204,7 +212,7 @@ def http_answer(port: int, timeout: float = 5 * SECONDS) -> tuple[bool, str]:
 
 
 #: The app behind each onion, as status names it.
-APP_NAMES = {SOURCE: "source app", OFFICER: "gateway"}
+APP_NAMES = {SOURCE: "source app", OFFICER: "gateway", SSH: "sshd"}
 
 
 def cmd_status(dep: OnionDeployment, args: argparse.Namespace) -> int:
@@ -236,7 +244,8 @@ def cmd_status(dep: OnionDeployment, args: argparse.Namespace) -> int:
             state = "published"
         extra = ""
         if service.client_auth:
-            extra = f", {len(dep.layout.clients(service.name).names())} workstation(s)"
+            who = "admin key(s)" if service.name == SSH else "workstation(s)"
+            extra = f", {len(dep.layout.clients(service.name).names())} {who}"
         print(f"{service.name} onion: {address or '(no key yet)'} -> 127.0.0.1:{service.target_port}, "
               f"{state}{extra}")
         up = up and state == "published"
@@ -245,7 +254,28 @@ def cmd_status(dep: OnionDeployment, args: argparse.Namespace) -> int:
     return 0 if up else 1
 
 
+def ssh_answer(port: int, timeout: float = 5 * SECONDS) -> tuple[bool, str]:
+    """Whether an SSH server greets on loopback ``port`` (its "SSH-2.0-..." banner)."""
+    try:
+        conn = socket.create_connection((LOOPBACK, port), timeout=timeout)
+    except OSError as exc:
+        return False, f"does not answer ({exc.strerror or type(exc).__name__})"
+    try:
+        banner = conn.recv(64)
+    except OSError:  # silent until the timeout: not sshd, which greets first
+        banner = b""
+    finally:
+        conn.close()
+    if not banner.startswith(b"SSH-"):
+        return False, "answers, but not as an SSH server"
+    return True, "answers (SSH)"
+
+
 def _app_status(service: OnionService) -> bool:
+    if service.name == SSH:
+        answers, how = ssh_answer(service.target_port)
+        print(f"{APP_NAMES[SSH]}: {LOOPBACK}:{service.target_port} {how}")
+        return answers
     answers, how = http_answer(service.target_port)
     name = APP_NAMES.get(service.name, service.name)
     print(f"{name}: http://{LOOPBACK}:{service.target_port}/ {how}")
@@ -282,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("name")
     sub.add_parser("list-clients", help="list authorized officer workstations")
     sub.add_parser("status", help="say what is up")
+    admin = sub.add_parser("admin-key", help="make a client key pair for the admin SSH onion, "
+                                             "on the admin's own machine (needs no settings)")
+    admin.add_argument("name")
     return parser
 
 
@@ -294,10 +327,18 @@ COMMANDS = {
 }
 
 
+def cmd_admin_key(args: argparse.Namespace) -> int:
+    check_name(args.name)
+    sys.stdout.write(admin_key_instructions(generate_key_pair(args.name)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
     try:
+        if args.command == "admin-key":
+            return cmd_admin_key(args)
         dep = OnionDeployment.from_settings(load_settings(args.config))
         return COMMANDS[args.command](dep, args)
     except CPCPError as exc:

@@ -61,6 +61,36 @@ def check_name(name: str) -> str:
     return name
 
 
+def parse_client_lines(text: str, *, where: str) -> dict[str, str]:
+    """``NAME descriptor:x25519:KEY`` lines (``#`` comments, blank lines) -> name: public key."""
+    keys: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, _, key = line.partition(" ")
+        match = _AUTH_LINE.match(key.strip())
+        if not match:
+            raise UnsafeKeyFile(f"{where}:{number}: not 'NAME descriptor:x25519:<52 base32>'")
+        if check_name(name) == SEAL_NAME or name in keys:
+            raise BadClientName(f"{where}:{number}: name {name!r} is reserved or repeated")
+        keys[name] = match.group(1)
+    return keys
+
+
+def admin_key_instructions(pair: ClientKeyPair) -> str:
+    """A key pair made on the admin's own machine, for the SSH onion."""
+    return (
+        f"# Admin key {pair.name!r} for the SSH onion. 1. The server gets the public line (ansible:\n"
+        f"#    cpcp_admin_onion_clients, or a line of [tor] ssh_clients_file):\n"
+        f"{pair.name} {auth_line(pair.public)}\n"
+        f"# 2. Your own tor keeps the private key, in its ClientOnionAuthDir as\n"
+        f"#    cpcp-ssh.auth_private once the server printed the SSH onion's address:\n"
+        f"#    <address without .onion>:descriptor:x25519:<private key>\n"
+        f"# private key: {pair.private}\n"
+    )
+
+
 def auth_line(public: str) -> str:
     """The content of a service-side ``NAME.auth`` file."""
     return f"descriptor:x25519:{public}"
@@ -119,6 +149,19 @@ class ClientRegistry:
             (self.directory / f"{name}{AUTH_SUFFIX}").unlink()
         except FileNotFoundError as exc:
             raise UnknownClient(f"no authorized workstation named {name!r}") from exc
+
+    def replace(self, keys: dict[str, str]) -> bool:
+        """Authorize exactly ``keys`` (name: public key), besides the sealing key; True if
+        that changed anything. For the SSH onion, whose keys the settings list."""
+        self.ensure()
+        before = self.public_keys()
+        for name in self.names():
+            if name not in keys:
+                self.revoke(name)
+        for name, public in keys.items():
+            if before.get(check_name(name)) != public:
+                self._write(name, public)
+        return self.public_keys() != before
 
     def names(self) -> list[str]:
         """Authorized workstations, without the sealing key."""

@@ -1,7 +1,9 @@
 """A deployment's onion setup, derived once from the one :class:`cpcp.settings.Settings`.
 
 The tor CPCP owns keeps its DataDirectory at ``<data_dir>/tor`` and logs to
-``<data_dir>/logs/tor.log``; the onion services live in ``<data_dir>/onion/``. The setting
+``<data_dir>/logs/tor.log``; the onion services live in ``<data_dir>/onion/``, where
+``<data_dir>`` is ``[tor] data_dir`` if set (a folder of tor's own user), else the deployment's
+data folder. The setting
 ``[tor] torrc_include`` adds lines of the admin's own (bridges, a test network's authorities)
 after CPCP's.
 """
@@ -15,8 +17,9 @@ from pathlib import Path
 from cpcp.errors import ConfigError
 from cpcp.settings import Settings
 
-from .errors import TorFailed
-from .services import OnionLayout, OnionService, cpcp_services
+from .clients import parse_client_lines
+from .errors import OnionError, TorFailed
+from .services import SSH, OnionLayout, OnionService, cpcp_services
 from .tor import OptionLine, TorOptions, check_option, known_options, server_options
 
 #: The only options a torrc_include may set: how this tor reaches the Tor network (bridges,
@@ -79,19 +82,39 @@ class OnionDeployment:
     layout: OnionLayout
     services: tuple[OnionService, ...]
     torrc_include: Path | None = None
+    ssh_clients_file: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OnionDeployment:
-        data_dir = settings.data_dir.resolve()
+        data_dir = (settings.tor.data_dir or settings.data_dir).resolve()
         return cls(
             data_dir=data_dir,
             tor_dir=data_dir / "tor",
-            log_file=settings.log_dir.resolve() / "tor.log",
+            log_file=data_dir / "logs" / "tor.log",
             layout=OnionLayout.for_data_dir(data_dir),
             services=tuple(cpcp_services(source_port=settings.source.port,
-                                         gateway_port=settings.gateway.port)),
+                                         gateway_port=settings.gateway.port,
+                                         ssh_port=settings.tor.ssh_port)),
             torrc_include=settings.tor.torrc_include,
+            ssh_clients_file=settings.tor.ssh_clients_file,
         )
+
+    def sync_ssh_clients(self) -> bool:
+        """Authorize exactly the admins' keys of ``ssh_clients_file`` on the SSH onion (if it
+        is on); True if that changed its keys. No key at all is refused, never published open."""
+        if not any(s.name == SSH for s in self.services) or self.ssh_clients_file is None:
+            return False
+        path = self.ssh_clients_file
+        try:
+            if path.stat().st_mode & 0o022:
+                raise ConfigError(f"tor.ssh_clients_file: {path} is writable by group or others; "
+                                  "it says who may reach the SSH onion: chmod go-w")
+            keys = parse_client_lines(path.read_text(encoding="ascii"), where=str(path))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"tor.ssh_clients_file: cannot read {path}: {exc}") from exc
+        if not keys:
+            raise OnionError(f"onion {SSH}: {path} lists no admin key; refusing to publish it")
+        return self.layout.clients(SSH).replace(keys)
 
     def tor_options(self, known: Callable[[], frozenset[str]] = known_options) -> TorOptions:
         """The torrc of the deployment's own tor (no SOCKS port: the server browses nothing),

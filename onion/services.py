@@ -36,6 +36,7 @@ OnionAddress = NewType("OnionAddress", str)
 
 SOURCE = "source"
 OFFICER = "officer"
+SSH = "ssh"
 KEY_FILE = "hs_ed25519_secret_key"
 
 
@@ -253,11 +254,15 @@ class OnionPublisher:
                          if Path(d).parent == self._layout.root)
 
 
-def cpcp_services(*, source_port: int, gateway_port: int) -> list[OnionService]:
+def cpcp_services(*, source_port: int, gateway_port: int, ssh_port: int = 0) -> list[OnionService]:
     """The source onion in front of the source app (which reads tor's circuit ids to budget
     wrong codenames per circuit: source_app/circuits.py), the officer onion in front of the
-    gateway."""
-    return [
+    gateway and, with ``ssh_port``, the admin SSH onion (port 22, client authorization) in
+    front of sshd on loopback."""
+    services = [
         OnionService(SOURCE, target_port=source_port, export_circuit_id=True),
         OnionService(OFFICER, target_port=gateway_port, client_auth=True),
     ]
+    if ssh_port:
+        services.append(OnionService(SSH, target_port=ssh_port, virtual_port=22, client_auth=True))
+    return services

@@ -5,12 +5,16 @@ with the playbook's own variables plus example values; and what renders is what 
 accept: cpcp.toml through ``load_settings``, desk.toml through ``load_desk_settings``, the torrc
 fragment through onion's parser. The systemd units start entry points of pyproject.toml from
 the venv, leave the apps on loopback and start the onions after the apps; ``systemd-analyze
-verify`` checks them where it exists.
+verify`` checks them where it exists, and ``systemd-analyze security`` keeps each server unit's
+exposure at 2.0 or below. The firewall drops by default and ``nft -c`` accepts it. The preflight
+is run for real: ``ansible-playbook`` against a host it must never reach, stopping before the
+first remote task with a message naming what is missing.
 """
 
 from __future__ import annotations
 
 import configparser
+import json
 import re
 import shutil
 import subprocess
@@ -63,16 +67,16 @@ def load(playbook: str) -> list[dict[str, Any]]:
 INCLUDES = ("ansible.builtin.include_tasks", "ansible.builtin.import_tasks")
 
 
-def tasks(play: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every task of the play, with those of blocks and of included task files (ansible/tasks/)."""
+def tasks(play: dict[str, Any], imports: bool = True) -> Iterator[dict[str, Any]]:
+    """Every task, in blocks and (with ``imports``) in the files of import_tasks/include_tasks."""
     for task in [*play.get("tasks", []), *play.get("handlers", [])]:
         if "block" in task:
-            yield from tasks({"tasks": task["block"]})
+            yield from tasks({"tasks": task["block"]}, imports)
             continue
         yield task
         included = next((task[key] for key in INCLUDES if key in task), None)
-        if included is not None:
-            yield from tasks({"tasks": yaml.safe_load((ANSIBLE / included).read_text())})
+        if imports and included is not None:
+            yield from tasks({"tasks": yaml.safe_load((ANSIBLE / included).read_text())}, imports)
 
 
 def module(task: dict[str, Any]) -> tuple[str, Any]:
@@ -160,7 +164,8 @@ def test_both_playbooks_and_every_template_used(tmp_path: Path) -> None:
 
 
 def asserts(playbook: str, context: dict[str, Any]) -> Iterator[bool]:
-    for task in tasks(load(playbook)[0]):
+    # The play's own; those of tasks/preflight.yml need ansible: test_preflight_* run it.
+    for task in tasks(load(playbook)[0], imports=False):
         name, args = module(task)
         if name == "ansible.builtin.assert":
             that = args["that"]
@@ -203,6 +208,9 @@ def test_server_settings_load(tmp_path: Path, lines: list[str], database_url: st
     assert settings.oversight_fingerprint == FPR
     assert settings.database_url == (database_url or
                                      f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cpcp.sqlite'}")
+    assert settings.tor.data_dir == Path(context["cpcp_tor_data_dir"])
+    assert settings.tor.ssh_port == 22
+    assert settings.tor.ssh_clients_file == etc / "ssh-onion-clients"
     if lines:
         assert settings.tor.torrc_include == etc / "torrc-include"
         known = frozenset(line.split()[0] for line in BRIDGES)
@@ -278,9 +286,15 @@ def test_units_start_entry_points_on_loopback_in_order(tmp_path: Path) -> None:
         assert not re.search(r"HOST|PORT|BIND", service.get("Environment", ""),
                              re.IGNORECASE)
         if dest.parent == Path("/etc/systemd/system"):
-            assert service["User"] == "cpcp"
             assert service["ProtectSystem"] == "strict"
-            assert service["ReadWritePaths"] == str(tmp_path / "data")
+            if name == "cpcp-onion.service":  # tor: its own user and folder, not the apps'
+                assert service["User"] == "cpcp-tor"
+                assert service["ReadWritePaths"] == "/var/lib/cpcp-tor"
+                assert service["InaccessiblePaths"] == f"-{tmp_path / 'data'}"
+            else:
+                assert service["User"] == "cpcp"
+                assert service["ReadWritePaths"] == str(tmp_path / "data")
+                assert service["InaccessiblePaths"] == "-/var/lib/cpcp-tor"
             assert service["Environment"] == f"CPCP_CONFIG={tmp_path / 'etc' / 'cpcp.toml'}"
         else:  # the desk: a user unit, run by the officer's own systemd
             assert dest.parent == Path("/etc/systemd/user")
@@ -303,3 +317,142 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
                           check=False, capture_output=True, text=True, timeout=30)
     problems = [line for line in done.stderr.splitlines() if str(folder) in line]
     assert done.returncode == 0 and not problems, done.stderr
+
+
+#: `systemd-analyze security` calls <= 2.0 "OK"; the server units must stay there.
+EXPOSURE_LIMIT = 2.0
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_server_units_sandboxed(tmp_path: Path) -> None:
+    """The offline exposure score of each server unit, as rendered, is "OK" or better; the
+    apps may reach loopback only, and none keeps a capability."""
+    folder = tmp_path / "units"
+    folder.mkdir()
+    for name, (dest, text) in units(tmp_path).items():
+        if dest.parent != Path("/etc/systemd/system"):
+            continue
+        service = unit(text)["Service"]
+        assert service["CapabilityBoundingSet"] == "" and service["AmbientCapabilities"] == ""
+        assert service["UMask"] == "0077"
+        assert service["ProtectSystem"] == "strict" and service["MemoryDenyWriteExecute"] == "true"
+        if name != "cpcp-onion.service":  # tor alone must reach the Tor network
+            assert (service["IPAddressDeny"], service["IPAddressAllow"]) == ("any", "localhost")
+        path = folder / name
+        path.write_text(text)
+        done = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                               str(path)], check=False, capture_output=True, text=True, timeout=30)
+        found = re.search(rf"Overall exposure level for {re.escape(name)}: (\d+\.\d+)", done.stdout)
+        assert found, done.stdout + done.stderr
+        assert float(found[1]) <= EXPOSURE_LIMIT, done.stdout
+
+
+# --- preflight: a real ansible-playbook run that stops before the first remote task ------------
+
+TEST_KEYS = ROOT / "keys" / "test"
+TEST_FPR = dict(line.split() for line in (TEST_KEYS / "FINGERPRINTS").read_text().splitlines()
+                if line.strip())
+
+
+def deployment_toml(*officers: str) -> str:
+    entries = [f'[[officers]]\nhandle = "{who}"\nname = "{who}"\nfingerprint = "{TEST_FPR[who]}"\n'
+               f'key_file = "{who}.asc"\n' for who in officers]
+    return "\n".join(entries) + ('\n[[units]]\nslug = "ps-x"\nkind = "police_station"\n'
+                                 'name_en = "X"\nname_hi = "X"\nofficers = ["officer-a"]\n')
+
+
+def admin_vars() -> dict[str, Any]:
+    public = generate_key_pair("laptop").public
+    return {"cpcp_admin_ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBexample admin@laptop"],
+            "cpcp_admin_onion_clients": {"laptop": f"descriptor:x25519:{public}"}}
+
+
+PREFLIGHT_CASES = {
+    "all there": (deployment_toml("officer-a", "officer-b"), ["officer-a", "officer-b", "oversight"],
+                  {}, None),
+    "keys wrong or missing": (deployment_toml("officer-a", "officer-b"), ["officer-a"],
+                              {"cpcp_oversight_key_file": "officer-a.asc"},
+                              ["oversight key: ", "does not hold the key " + TEST_FPR["oversight"],
+                               "officer officer-b: key file ", "officer-b.asc is missing"]),
+    "no officer": ("", ["oversight"], {}, ["deployment.toml lists no officer"]),
+    "no admin SSH keys": (deployment_toml("officer-a"), ["officer-a", "oversight"],
+                          {"cpcp_admin_ssh_keys": []}, ["cpcp_admin_ssh_keys: "]),
+    "bad admin onion key": (deployment_toml("officer-a"), ["officer-a", "oversight"],
+                            {"cpcp_admin_onion_clients": {"laptop": "x25519:AAAA"}},
+                            ["cpcp_admin_onion_clients: "]),
+    "backup key not there": (deployment_toml("officer-a"), ["officer-a", "oversight"],
+                             {"cpcp_backup_key_file": "backup.asc",
+                              "cpcp_backup_fingerprint": TEST_FPR["custodian"]},
+                             ["backup key: key file ", "backup.asc is missing"]),
+}
+
+
+@pytest.mark.skipif(shutil.which("ansible-playbook") is None, reason="no ansible-playbook here")
+@pytest.mark.parametrize("case", list(PREFLIGHT_CASES))
+def test_preflight_stops_before_any_change_naming_what_is_missing(tmp_path: Path, case: str) -> None:
+    deployment, keys, extra, problems = PREFLIGHT_CASES[case]
+    shutil.copytree(ANSIBLE, tmp_path / "ansible", ignore=shutil.ignore_patterns("files"))
+    files = tmp_path / "ansible" / "files"
+    (files / "keys").mkdir(parents=True)
+    if deployment is not None:
+        (files / "deployment.toml").write_text(deployment)
+    for who in keys:
+        shutil.copy(TEST_KEYS / f"{who}.pub.asc", files / "keys" / f"{who}.asc")
+    # Port 1 on loopback: any task that reaches for the server fails at once, unreachable.
+    (tmp_path / "inventory.ini").write_text(
+        "[cpcp_server]\nserver ansible_host=127.0.0.1 ansible_port=1 ansible_user=nobody\n")
+    variables = {"cpcp_oversight_fingerprint": TEST_FPR["oversight"], **admin_vars(), **extra}
+    (tmp_path / "vars.json").write_text(json.dumps(variables))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"), "ANSIBLE_HOST_KEY_CHECKING": "False",
+           "ANSIBLE_RETRY_FILES_ENABLED": "False"}
+    done = subprocess.run(["ansible-playbook", "-i", "inventory.ini", "ansible/server.yml",
+                           "-e", "@vars.json"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    out = done.stdout + done.stderr
+    ran = re.findall(r"^TASK \[(.*?)\]", done.stdout, re.MULTILINE)
+    preflight = [t for t in ran if t.startswith(("Fail early", "Preflight"))]
+    if problems is None:
+        # Every check passed; the first remote task was the first to reach for the server.
+        assert len(preflight) == 6 and ran[len(preflight)] == "Debian packages", out
+        assert re.search(r"unreachable=1\s+failed=0", out), out
+    else:
+        assert ran == preflight, out  # stopped inside the preflight: nothing was changed
+        assert re.search(r"changed=0\s+unreachable=0\s+failed=1", out), out
+        assert all(problem in out for problem in problems), out
+
+
+# --- the firewall -------------------------------------------------------------------------------
+
+
+def test_firewall_drops_by_default_and_lets_only_tor_and_apt_connect_out(tmp_path: Path) -> None:
+    _, text = templates("server.yml", server_vars(tmp_path))["nftables.conf.j2"]
+    chains = dict(re.findall(r"chain (\w+) \{(.*?)\n\t\}", text, re.DOTALL))
+    assert set(chains) == {"input", "forward", "output"}
+    for body in chains.values():
+        assert "policy drop;" in body
+    for chain, iface in (("input", "iif"), ("output", "oif")):
+        rules = [line.strip() for line in chains[chain].splitlines()[2:]
+                 if line.strip() and not line.strip().startswith("#")]
+        assert rules[:2] == [f'{iface} "lo" accept', "ct state established,related accept"]
+        assert rules[-1] == f"counter name dropped_{'in' if chain == 'input' else 'out'} drop"
+        # Nothing else is let in or out wholesale: every other accept names what it is for.
+        assert all(re.search(r"icmpv6 type|udp sport (67|68|546|547)|skuid", r)
+                   for r in rules[2:-1]), rules
+    (users,) = re.findall(r"ct state new meta skuid \{ (.*) \} accept", chains["output"])
+    assert users == '"cpcp-tor", "_apt"'
+    assert "skuid" not in chains["input"]
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="no nft here")
+def test_firewall_rules_load(tmp_path: Path) -> None:
+    """``nft -c`` (what the playbook's validate runs), with users this machine has."""
+    context = server_vars(tmp_path, cpcp_tor_user="root", cpcp_firewall_output_users=["root"])
+    _, text = templates("server.yml", context)["nftables.conf.j2"]
+    path = tmp_path / "nftables.conf"
+    path.write_text(text)
+    done = subprocess.run(["nft", "-c", "-f", str(path)], check=False, capture_output=True,
+                          text=True, timeout=30)
+    if "Operation not permitted" in done.stderr:
+        pytest.skip("nft -c needs CAP_NET_ADMIN")
+    assert done.returncode == 0, done.stderr

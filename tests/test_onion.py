@@ -7,6 +7,7 @@ import http.server
 import math
 import re
 import shutil
+import socket
 import stat
 import threading
 import time
@@ -20,13 +21,14 @@ import pytest
 from cpcp.errors import ConfigError
 from cpcp.settings import load_settings
 from onion import _x25519
-from onion.cli import _wait_published, http_answer
+from onion.cli import _print_addresses, _wait_published, http_answer, ssh_answer
 from onion.cli import main as onion_main
 from onion.clients import (
     SEAL_NAME,
     ClientRegistry,
     auth_private_line,
     generate_key_pair,
+    parse_client_lines,
     workstation_instructions,
 )
 from onion.deployment import OnionDeployment, parse_torrc_fragment
@@ -35,6 +37,7 @@ from onion.services import (
     KEY_FILE,
     OFFICER,
     SOURCE,
+    SSH,
     DosDefences,
     OnionLayout,
     OnionPublisher,
@@ -575,3 +578,127 @@ def test_no_listener_or_weakening_option_of_the_real_tor_passes_a_fragment() -> 
     for name in sorted(dangerous):
         with pytest.raises(ConfigError, match="may not be set here"):
             parse_torrc_fragment(f"{name} 1\n", where="f", known=known)
+
+
+# --- the admin SSH onion ------------------------------------------------------------------------
+
+
+def test_admin_key_prints_the_servers_line_and_keeps_the_private_key_apart(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert onion_main(["admin-key", "laptop"]) == 0  # no settings needed: the admin's machine
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if not x.startswith("#")]
+    assert parse_client_lines(line, where="x").keys() == {"laptop"}
+    (private,) = re.findall(r"^# private key: ([A-Z2-7]{52})$", out, re.MULTILINE)
+    assert private not in line
+    assert onion_main(["admin-key", "../x"]) == 2
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("laptop descriptor:x25519:short", UnsafeKeyFile),
+    ("laptop", UnsafeKeyFile),
+    (f"{SEAL_NAME} descriptor:x25519:{'A' * 52}", BadClientName),
+    (f"a descriptor:x25519:{'A' * 52}\na descriptor:x25519:{'B' * 52}", BadClientName),
+    (f"../a descriptor:x25519:{'A' * 52}", BadClientName),
+])
+def test_admin_client_lines_refuse_what_tor_would_skip(text: str, problem: type[Exception]) -> None:
+    with pytest.raises(problem):
+        parse_client_lines(text, where="clients")
+
+
+def test_registry_replace_authorizes_exactly_the_listed_keys(tmp_path: Path) -> None:
+    registry = ClientRegistry(tmp_path / "authorized_clients")
+    one, two = generate_key_pair("one"), generate_key_pair("two")
+    assert registry.replace({"one": one.public, "two": two.public})
+    assert not registry.replace({"one": one.public, "two": two.public})  # unchanged
+    assert registry.replace({"two": two.public})
+    keys = registry.public_keys()
+    assert keys == {SEAL_NAME: keys[SEAL_NAME], "two": two.public}
+    assert all(mode(p) == 0o600 for p in registry.directory.iterdir())
+
+
+def ssh_deployment(tmp_path: Path, clients: str | None) -> Path:
+    config = write_deployment(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cpcp.sqlite'}")
+    text = config.read_text() + "\n[tor]\nssh_port = 22\n"
+    if clients is not None:
+        (tmp_path / "ssh-clients").write_text(clients)
+        (tmp_path / "ssh-clients").chmod(0o640)
+        text += 'ssh_clients_file = "ssh-clients"\n'
+    config.write_text(text)
+    return config
+
+
+def test_ssh_onion_is_off_by_default_and_never_without_client_keys(tmp_path: Path) -> None:
+    assert [s.name for s in cpcp_services(source_port=1, gateway_port=2)] == [SOURCE, OFFICER]
+    with pytest.raises(ConfigError, match="ssh_clients_file"):
+        load_settings(ssh_deployment(tmp_path / "a", None), env={})
+    dep = OnionDeployment.from_settings(load_settings(ssh_deployment(tmp_path / "b", "# none\n"),
+                                                      env={}))
+    with pytest.raises(OnionError, match="no admin key"):
+        dep.sync_ssh_clients()
+    config = ssh_deployment(tmp_path / "c", f"laptop descriptor:x25519:{'A' * 52}\n")
+    (tmp_path / "c" / "ssh-clients").chmod(0o666)
+    with pytest.raises(ConfigError, match="chmod go-w"):
+        OnionDeployment.from_settings(load_settings(config, env={})).sync_ssh_clients()
+
+
+def test_ssh_onion_forwards_port_22_to_sshd_for_the_listed_admins_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    laptop, spare = generate_key_pair("laptop"), generate_key_pair("spare")
+    config = ssh_deployment(tmp_path, f"laptop descriptor:x25519:{laptop.public}\n"
+                                      f"spare descriptor:x25519:{spare.public}  # in the safe\n")
+    dep = OnionDeployment.from_settings(load_settings(config, env={}))
+    (ssh,) = [s for s in dep.services if s.name == SSH]
+    assert (ssh.virtual_port, ssh.target_port, ssh.client_auth) == (22, 22, True)
+    assert not ssh.export_circuit_id
+    assert service_lines(ssh, DosDefences(), lambda _: True)[1] == ("HiddenServicePort",
+                                                                     "22 127.0.0.1:22")
+    assert dep.sync_ssh_clients()
+    assert not dep.sync_ssh_clients()
+    tor = FakeTor()
+    result = OnionPublisher(tor=tor, layout=dep.layout).publish(dep.services)
+    assert result.addresses[SSH] == "s" * 56 + ".onion" and SSH in result.uploaded
+    keys = dep.layout.clients(SSH).public_keys()
+    assert {keys["laptop"], keys["spare"]} == {laptop.public, spare.public}
+    assert dep.layout.clients(OFFICER).names() == []  # officers' workstations are apart
+    # A key taken out of the file is revoked at the next start.
+    (tmp_path / "ssh-clients").write_text(f"laptop descriptor:x25519:{laptop.public}\n")
+    assert dep.sync_ssh_clients() and dep.layout.clients(SSH).names() == ["laptop"]
+    _print_addresses(dep, result)
+    assert (f"admin ssh onion: {'s' * 56}.onion port 22 (client authorization, 1 admin key(s))"
+            in capsys.readouterr().out)
+
+
+def test_ssh_answer_wants_an_ssh_banner() -> None:
+    port = free_port()
+    assert ssh_answer(port)[0] is False
+    with app_on(port, 200):
+        assert ssh_answer(port, timeout=0.5) == (False, "answers, but not as an SSH server")
+    server = socket.create_server(("127.0.0.1", port))
+
+    def greet() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+
+    thread = threading.Thread(target=greet)
+    thread.start()
+    try:
+        assert ssh_answer(port) == (True, "answers (SSH)")
+    finally:
+        thread.join()
+        server.close()
+
+
+def test_tor_data_dir_setting_gives_tor_a_folder_apart_from_the_apps(tmp_path: Path) -> None:
+    config = write_deployment(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cpcp.sqlite'}")
+    shared = OnionDeployment.from_settings(load_settings(config, env={}))
+    assert (shared.tor_dir, shared.layout.root, shared.log_file) == (
+        tmp_path / "data" / "tor", tmp_path / "data" / "onion", tmp_path / "data" / "logs" / "tor.log")
+    config.write_text(config.read_text() + '\n[tor]\ndata_dir = "tor-home"\n')
+    apart = OnionDeployment.from_settings(load_settings(config, env={}))
+    home = tmp_path / "tor-home"  # relative to the settings file, like the other paths
+    assert (apart.data_dir, apart.tor_dir, apart.layout.root, apart.log_file) == (
+        home, home / "tor", home / "onion", home / "logs" / "tor.log")
