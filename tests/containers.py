@@ -187,6 +187,8 @@ class Container:
                  "-D", str(self.root), f"--machine=cpcp-{self.name}",
                  f"--network-namespace-path=/run/netns/{self.netns}",
                  "--console=passive", "--resolv-conf=off", "--timezone=off",
+                 # nftables.service loads the host's firewall inside its own network namespace.
+                 "--capability=CAP_NET_ADMIN",
                  f"--bind={apt_cache}:/var/cache/apt/archives",
                  f"--bind={pip_cache}:/root/.cache/pip",
                  "-b"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from onion.clients import ClientKeyPair, auth_line, generate_key_pair
 from onion.testnet import PrivateTorNetwork
 
 from ..conftest import FPR, write_deployment
@@ -52,6 +54,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.filterwarnings(r"ignore:setDaemon\(\) is deprecated:DeprecationWarning"))
 
 
+@dataclass(frozen=True)
+class AdminKeys:
+    """The admin's SSH key and their client key for the SSH onion, made on their machine."""
+
+    ssh_key: Path
+    ssh_public: str
+    onion: ClientKeyPair
+
+    @classmethod
+    def make(cls, workdir: Path) -> AdminKeys:
+        key = workdir / "admin_ssh_ed25519"
+        key.unlink(missing_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "admin@test", "-f", str(key)],
+                       check=True, capture_output=True)
+        return cls(key, key.with_suffix(".pub").read_text().strip(), generate_key_pair("admin"))
+
+
 @dataclass
 class Site:
     """A deployed server and workstation, and what the admin learnt while deploying them."""
@@ -62,6 +81,7 @@ class Site:
     network: PrivateTorNetwork
     server_vars: dict[str, object]
     workstation_vars: dict[str, object]
+    admin: AdminKeys
     onions: dict[str, str] = field(default_factory=dict)
     officer: Officer = field(default_factory=lambda: Officer(OFFICER, "", ""))
     officer_uid: str = ""
@@ -77,7 +97,7 @@ class Site:
 
     def onion_cli(self, *args: str, host: Container | None = None, check: bool = True) -> str:
         target = host or self.server
-        return target.run(["runuser", "-u", "cpcp", "--", f"{VENV}/cpcp-onion", "--config", CONFIG,
+        return target.run(["runuser", "-u", "cpcp-tor", "--", f"{VENV}/cpcp-onion", "--config", CONFIG,
                            *args], check=check).stdout
 
 
@@ -91,12 +111,13 @@ def server_files(workdir: Path) -> Path:
 
 
 def wait_for_onions(site: Site, host: Container | None = None, timeout: float = 240) -> dict[str, str]:
-    """Both onion addresses, once ``cpcp-onion status`` says both are published."""
+    """The three onion addresses (source, officer, admin SSH), once ``cpcp-onion status`` says
+    all are published."""
     deadline = time.monotonic() + timeout
     while True:
         status = site.onion_cli("status", host=host, check=False)
         found = dict(ONION.findall(status))
-        if len(found) == 2 and "NOT" not in status:
+        if len(found) == 3 and "NOT" not in status:
             return found
         if time.monotonic() > deadline:
             raise AssertionError(f"onions not published after {timeout:.0f}s:\n{status}")
@@ -115,10 +136,12 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             Container("server", 1, workdir) as server, Container("desk", 2, workdir) as workstation:
         say(request, f"deploy: private Tor network in {network.bootstrap_seconds:.1f}s; containers booted")
         include = torrc_lines(network.dir_authority_options())
+        admin = AdminKeys.make(workdir)
         server_vars: dict[str, object] = {
             "cpcp_oversight_fingerprint": FPR["oversight"], "cpcp_files_dir": str(server_files(workdir)),
-            "cpcp_torrc_include_lines": include}
-        site = Site(server, workstation, workdir, network, server_vars, {})
+            "cpcp_torrc_include_lines": include, "cpcp_admin_ssh_keys": [admin.ssh_public],
+            "cpcp_admin_onion_clients": {"admin": auth_line(admin.onion.public)}}
+        site = Site(server, workstation, workdir, network, server_vars, {}, admin)
         applied = apply("server.yml", {"cpcp_server": server}, server_vars, workdir)
         site.applies.append(applied)
         say(request, f"deploy: server.yml applied in {applied.seconds:.0f}s, changed={applied.changed()}")

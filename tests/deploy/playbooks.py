@@ -86,4 +86,4 @@ def torrc_lines(options: TorOptions) -> list[str]:
 
 
 AUTH_LINE = re.compile(r"^[a-z2-7]{56}:descriptor:x25519:[A-Z2-7]{52}$", re.MULTILINE)
-ONION = re.compile(r"^(source|officer) onion: ([a-z2-7]{56}\.onion)", re.MULTILINE)
+ONION = re.compile(r"^(source|officer|ssh) onion: ([a-z2-7]{56}\.onion)", re.MULTILINE)
