@@ -24,6 +24,7 @@ import jinja2.nativetypes
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from cpcp.admin import main as admin_main
 from cpcp.settings import load_settings
 from journalist_app.desk.settings import load_desk_settings
 from onion.cli import build_parser
@@ -62,7 +63,13 @@ def load(playbook: str) -> list[dict[str, Any]]:
 
 def tasks(play: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for task in [*play.get("tasks", []), *play.get("handlers", [])]:
-        yield from tasks({"tasks": task["block"]}) if "block" in task else [task]
+        if "block" in task:
+            yield from tasks({"tasks": task["block"]})
+            continue
+        yield task
+        if "ansible.builtin.import_tasks" in task:  # a tasks file, relative to the playbook
+            imported = yaml.safe_load((ANSIBLE / task["ansible.builtin.import_tasks"]).read_text())
+            yield from tasks({"tasks": imported})
 
 
 def module(task: dict[str, Any]) -> tuple[str, Any]:
@@ -241,18 +248,20 @@ def test_workstation_tor_gets_what_add_client_prints(tmp_path: Path) -> None:
 
 
 def units(tmp_path: Path, repo: str = "/opt/cpcp") -> dict[str, tuple[Path, str]]:
-    """Unit name -> (installed path, rendered text), from both playbooks."""
+    """Unit name -> (installed path, rendered text), from both playbooks: services and timers."""
     out: dict[str, tuple[Path, str]] = {}
     for rendered in (templates("server.yml", server_vars(tmp_path, cpcp_repo_dir=repo)),
                      templates("workstation.yml", workstation_vars(tmp_path, cpcp_repo_dir=repo))):
         for dest, text in rendered.values():
-            if dest.endswith(".service"):
+            if dest.endswith((".service", ".timer")):
                 out[Path(dest).name] = (Path(dest), text)
     return out
 
 
 def test_units_start_entry_points_on_loopback_in_order(tmp_path: Path) -> None:
     found = units(tmp_path)
+    for name in ("cpcp-retention.service", "cpcp-retention.timer"):  # see the next test
+        found.pop(name)
     assert set(found) == {"cpcp-source.service", "cpcp-gateway.service", "cpcp-onion.service",
                           "cpcp-desk.service"}
     for name, (dest, text) in found.items():
@@ -279,6 +288,42 @@ def test_units_start_entry_points_on_loopback_in_order(tmp_path: Path) -> None:
     assert onion["Service"]["ExecStart"].split()[1:] == ["run"]
     after = onion["Unit"]["After"].split()
     assert {"cpcp-source.service", "cpcp-gateway.service"} <= set(after)
+
+
+def test_retention_runs_daily_as_the_apps_do(tmp_path: Path) -> None:
+    found = units(tmp_path)
+    dest, text = found["cpcp-retention.service"]
+    service = unit(text)["Service"]
+    assert dest == Path("/etc/systemd/system/cpcp-retention.service")
+    assert service["Type"] == "oneshot"
+    assert service["ExecStart"].split() == ["/opt/cpcp/.venv/bin/cpcp-admin", "retention"]
+    assert "cpcp-admin" in SCRIPTS
+    with pytest.raises(SystemExit) as shown:  # a subcommand cpcp-admin knows
+        admin_main(["retention", "--help"])
+    assert shown.value.code == 0
+    # The same user, settings and hardening as the gateway, line for line.
+    gateway = unit(found["cpcp-gateway.service"][1])["Service"]
+    for key in set(gateway) - {"ExecStart", "Restart"}:
+        assert service[key] == gateway[key], key
+    assert "Restart" not in service and "Install" not in unit(text)  # the timer starts it
+    timer_dest, timer_text = found["cpcp-retention.timer"]
+    timer = unit(timer_text)
+    assert timer_dest == Path("/etc/systemd/system/cpcp-retention.timer")
+    assert timer["Timer"]["OnCalendar"] == "*-*-* 03:00:00"
+    assert timer["Timer"]["RandomizedDelaySec"] == "1h"
+    assert timer["Timer"]["Persistent"] == "true"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    later = templates("server.yml", server_vars(tmp_path, cpcp_retention_on_calendar="*-*-* 04:30:00"))
+    assert unit(later["cpcp-retention.timer.j2"][1])["Timer"]["OnCalendar"] == "*-*-* 04:30:00"
+    # The timer is enabled and started, after the init that loads (and checks) the policy.
+    names = [task["name"] for task in tasks(load("server.yml")[0])]
+    enable = next(task for task in tasks(load("server.yml")[0])
+                  if task["name"] == "Retention timer enabled and started")
+    assert module(enable) == ("ansible.builtin.systemd", {
+        "name": "cpcp-retention.timer", "enabled": True, "daemon_reload": True,
+        "state": "{{ 'restarted' if cpcp_retention_timer.changed else 'started' }}"})
+    assert names.index("Initialise (secrets, schema, units, pinned keys); idempotent") < names.index(
+        "Retention timer enabled and started")
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
