@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from quart import Quart
+from sqlalchemy import delete, func, select, update
 
 from cpcp.admin import main
 from cpcp.codenames import Codename, generate_codename
@@ -35,6 +36,7 @@ from cpcp.retention import RetentionPolicy, Rules, due_rule, load_retention, par
 from cpcp.services import CoreServices
 
 from .conftest import Deployment
+from .helpers import csrf, multipart
 
 NOW = dt.datetime(2030, 6, 1, 12, 0, tzinfo=dt.UTC)
 UNITS = [{"slug": "ps-sadar-bazar"}, {"slug": "cell-cyber"}]
@@ -346,3 +348,48 @@ def test_deploy_refuses_a_bad_policy_and_prints_a_good_one(
     path.write_text(path.read_text().replace("closed_days = -3", "closed_days = 90"))
     assert main(["--config", str(deployment.config), "deploy"]) == 0
     assert "retention: closed cases 90 days, spam forever" in capsys.readouterr().out
+
+
+# -- what a returning source sees ---------------------------------------------------------------
+
+
+async def test_a_deleted_source_is_logged_out_and_its_codename_is_unknown(
+    app: Quart, core: CoreServices
+) -> None:
+    from .test_source_app import new_source, post_tip
+
+    client = app.test_client()
+    codename = await new_source(client)
+    response = await post_tip(client, [("unit", "ps-sadar-bazar"), ("kind", "information"),
+                                       ("category", "illegal_trade"), ("text", "liquor behind the temple")])
+    assert response.status_code == 303
+    async with core.sessions() as db:
+        (case_id,) = (await db.scalars(select(Case.id))).all()
+    follow_up = (await (await client.get("/case")).get_data(as_text=True))
+    async with core.sessions.begin() as db:
+        await db.execute(update(Case).where(Case.id == case_id).values(
+            status=CaseStatus.CLOSED, updated_at=NOW - dt.timedelta(days=100)))
+    assert [r.case_id for r in (await purger(core).purge(POLICY, NOW)).removed] == [case_id]
+
+    # Still logged in when it went: the next page ends the session; a late follow-up is refused.
+    body, ctype = multipart([("csrf_token", csrf(follow_up)), ("text", "one more thing")])
+    late = await client.post("/submit", data=body, headers={"Content-Type": ctype})
+    assert late.status_code == 403
+    ended = await client.get("/case")
+    assert ended.status_code == 303 and ended.headers["Location"].endswith("/login")
+    async with core.sessions() as db:
+        assert await db.scalar(select(func.count()).select_from(Case)) == 0  # nothing new stored
+    other = app.test_client()
+    await new_source(other)
+    async with core.sessions.begin() as db:
+        await db.execute(delete(Source))  # as retention would, for a source without a case
+    for page in ("/case", "/submit"):
+        gone = await other.get(page)
+        assert gone.status_code == 303 and gone.headers["Location"].endswith("/login")
+    assert (await other.get("/case")).headers["Location"].endswith("/login")  # the session ended
+
+    # Logging in again: the codename is unknown, like any wrong one.
+    page = await (await client.get("/login")).get_data(as_text=True)
+    again = await client.post("/login", form={"csrf_token": csrf(page), "codename": codename})
+    assert again.status_code == 403
+    assert "यह कोडनेम यहाँ दर्ज नहीं है" in await again.get_data(as_text=True)  # Hindi first
