@@ -8,8 +8,8 @@ expects of a deleted source, and the only honest choice: a "this case was remove
 need the codename's lookup id kept, a record that this codename once sent something.
 
 Order, for a crash at any point: the rows and the one audit entry commit together in one
-transaction (the case is re-read and re-checked there, under a row lock on PostgreSQL, so a
-message arriving meanwhile keeps it); then the files and the reply key go. A crash after the
+transaction (the case is re-read and re-checked there, and locked before anything is read of
+it: a message or a change arriving meanwhile keeps it); then the files and the reply key go. A crash after the
 commit leaves ciphertext no row refers to, and a reply key no source has: ``Store.sweep`` (at
 every start of the apps and at the end of every run here) and ``sweep_reply_keys`` remove
 those. Files first would instead leave rows pointing at nothing, shown to officers as broken.
@@ -22,7 +22,7 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .audit import AuditLog
@@ -133,6 +133,15 @@ class Purger:
             _, slug, status, spam, updated_at, public_id, source_id = row
             rule = due_rule(policy.rules_for(slug), status=status, spam=spam, updated_at=updated_at, now=now)
             if rule is None:
+                return None
+            # The first write: on SQLite it takes the database's write lock (the read above
+            # ran outside any transaction), on PostgreSQL the row is locked already. Changed
+            # in between (a message, an officer reopening it): not this run's to delete.
+            guard = await db.execute(
+                update(Case).where(Case.id == case_id, Case.updated_at == updated_at,
+                                   Case.status == status, Case.spam == spam)
+                .values(updated_at=Case.updated_at))
+            if getattr(guard, "rowcount", 0) != 1:
                 return None
             fingerprint = await db.scalar(
                 select(Source.reply_key_fingerprint).where(Source.id == source_id))

@@ -262,6 +262,20 @@ async def test_a_case_that_changed_after_it_was_listed_is_kept(core: CoreService
     assert await purger(core).purge_case(999_999, POLICY, NOW) is None  # gone already
 
 
+async def test_a_message_arriving_during_the_purge_keeps_the_case(core: CoreServices) -> None:
+    """Another writer changes the case and has not committed yet when the purge reads it: the
+    purge waits for it (row lock on PostgreSQL, the write lock on SQLite) and keeps the case."""
+    case_id, _ = await tip(core, "ps-sadar-bazar", status=CaseStatus.CLOSED, days_ago=120)
+    async with core.sessions.begin() as other:
+        await other.execute(update(Case).where(Case.id == case_id).values(updated_at=NOW))
+        await other.flush()
+        purge = asyncio.create_task(purger(core).purge_case(case_id, POLICY, NOW))
+        await asyncio.sleep(0.5)
+        assert not purge.done()  # waiting for the other writer
+    assert await asyncio.wait_for(purge, 15) is None
+    assert (await rows_of(core, case_id))["cases"] == 1 and await retention_entries(core) == []
+
+
 async def test_a_crash_after_the_commit_leaves_only_what_the_sweeps_remove(
     core: CoreServices, monkeypatch: pytest.MonkeyPatch
 ) -> None:
