@@ -58,7 +58,8 @@ async def deploy(settings: Settings) -> None:
 
 async def retention(settings: Settings, *, dry_run: bool, now: dt.datetime | None = None) -> int:
     """Delete (or with ``dry_run`` only list) the cases due under the deployment file's
-    ``[retention]`` policy at ``now``; print one line per case, counts only. How many."""
+    ``[retention]`` policy at ``now``; print one line per case, counts only. The exit status:
+    1 if a due case could not be deleted this time."""
     if settings.deployment_file is None:
         raise CPCPError("deployment_file is not set: it holds the [retention] policy")
     policy = load_retention(settings.deployment_file)
@@ -71,7 +72,7 @@ async def retention(settings: Settings, *, dry_run: bool, now: dt.datetime | Non
             for case in due:
                 print(f"would delete case {case.case_id} ({case.unit}): {case.rule}")
             print(f"dry run: {len(due)} case(s) due, nothing deleted")
-            return len(due)
+            return 0
         purger = Purger(sessions=core.sessions, audit=core.audit, store=core.store,
                         source_keys=core.source_keys, cases=core.cases)
         report = await purger.purge(policy, when)
@@ -82,7 +83,11 @@ async def retention(settings: Settings, *, dry_run: bool, now: dt.datetime | Non
         print(f"retention: {len(report.removed)} case(s) deleted"
               + (f", {report.kept_after_recheck} kept (changed meanwhile)" if report.kept_after_recheck else "")
               + f"; swept {report.swept_objects} orphan object(s), {report.swept_keys} orphan reply key(s)")
-        return len(report.removed)
+        if report.failed:
+            print(f"retention: case(s) {', '.join(map(str, report.failed))} could not be deleted now "
+                  "(nothing of them was); the next run tries again", file=sys.stderr)
+            return 1
+        return 0
     finally:
         await core.close()
 
@@ -205,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "audit-verify":
             return verify_audit(settings, args.expect_head)
         elif args.command == "retention":
-            asyncio.run(retention(settings, dry_run=args.dry_run))
+            return asyncio.run(retention(settings, dry_run=args.dry_run))
         elif args.command == "event-add":
             if args.ends < args.starts:
                 raise CPCPError("--ends is before --starts")

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .audit import AuditLog
@@ -78,6 +79,7 @@ class PurgeReport:
     kept_after_recheck: int
     swept_objects: int
     swept_keys: int
+    failed: tuple[int, ...] = ()
 
 
 _CANDIDATE = (select(Case.id, Unit.slug, Case.status, Case.spam, Case.updated_at)
@@ -111,15 +113,22 @@ class Purger:
     async def purge(self, policy: RetentionPolicy, now: dt.datetime) -> PurgeReport:
         removed: list[Removed] = []
         kept = 0
+        failed: list[int] = []
         for due in await due_cases(self._sessions, policy, now):
-            done = await self.purge_case(due.case_id, policy, now)
+            try:
+                done = await self.purge_case(due.case_id, policy, now)
+            except DBAPIError:
+                # Rolled back whole (e.g. another process's audit entry took the same place in
+                # the chain, or SQLite stayed locked): the next run tries again.
+                failed.append(due.case_id)
+                continue
             if done is None:
                 kept += 1
             else:
                 removed.append(done)
         swept = await self.sweep_objects()
         keys = await self.sweep_reply_keys()
-        return PurgeReport(tuple(removed), kept, swept, keys)
+        return PurgeReport(tuple(removed), kept, swept, keys, tuple(failed))
 
     async def purge_case(self, case_id: int, policy: RetentionPolicy, now: dt.datetime) -> Removed | None:
         """Delete one case if it is (still) due; None if it is not or is gone already."""

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from quart import Quart
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import OperationalError
 
 from cpcp.admin import main
 from cpcp.codenames import Codename, generate_codename
@@ -274,6 +275,26 @@ async def test_a_message_arriving_during_the_purge_keeps_the_case(core: CoreServ
         assert not purge.done()  # waiting for the other writer
     assert await asyncio.wait_for(purge, 15) is None
     assert (await rows_of(core, case_id))["cases"] == 1 and await retention_entries(core) == []
+
+
+async def test_a_case_the_database_refuses_now_is_left_for_the_next_run(
+    core: CoreServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = await tip(core, "ps-sadar-bazar", spam=True, days_ago=10)
+    second, _ = await tip(core, "ps-sadar-bazar", spam=True, days_ago=10)
+    run = purger(core)
+    real = run.purge_case
+
+    async def refuse_first(case_id: int, policy: RetentionPolicy, now: dt.datetime) -> Any:
+        if case_id == first:
+            raise OperationalError("DELETE ...", {}, Exception("database is locked"))
+        return await real(case_id, policy, now)
+
+    monkeypatch.setattr(run, "purge_case", refuse_first)
+    report = await run.purge(POLICY, NOW)
+    assert report.failed == (first,) and [r.case_id for r in report.removed] == [second]
+    assert (await rows_of(core, first))["cases"] == 1
+    assert [r.case_id for r in (await purger(core).purge(POLICY, NOW)).removed] == [first]
 
 
 async def test_a_crash_after_the_commit_leaves_only_what_the_sweeps_remove(
