@@ -9,10 +9,14 @@ need the codename's lookup id kept, a record that this codename once sent someth
 
 Order, for a crash at any point: the rows and the one audit entry commit together in one
 transaction (the case is re-read and re-checked there, and locked before anything is read of
-it: a message or a change arriving meanwhile keeps it); then the files and the reply key go. A crash after the
-commit leaves ciphertext no row refers to, and a reply key no source has: ``Store.sweep`` (at
-every start of the apps and at the end of every run here) and ``sweep_reply_keys`` remove
-those. Files first would instead leave rows pointing at nothing, shown to officers as broken.
+it: a message or a change arriving meanwhile keeps it); then the files and the reply key go.
+A crash after the commit leaves ciphertext no row refers to, and a reply key no source has:
+``Store.sweep`` (at every start of the apps and at the end of every run here) and
+``sweep_reply_keys`` remove those. Files first would instead leave rows pointing at nothing,
+shown to officers as broken.
+
+The audit entries of officers' earlier actions on the case stay: they hold ids, never content,
+and removing them would break the chain.
 """
 
 from __future__ import annotations
