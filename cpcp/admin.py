@@ -17,6 +17,8 @@ from .errors import CPCPError
 from .migrate import upgrade
 from .models import Event
 from .officers import provisioning_uri, suggest_passphrase
+from .purge import Purger, due_cases
+from .retention import load_retention
 from .server_secrets import create_server_secrets
 from .services import CoreServices, build_core, check_keys
 from .settings import Settings, load_settings
@@ -39,6 +41,7 @@ async def deploy(settings: Settings) -> None:
     if settings.deployment_file is None:
         raise CPCPError("deployment_file is not set")
     deployment = load_deployment(settings.deployment_file)
+    policy = load_retention(settings.deployment_file)
     core = build_core(settings)
     try:
         await apply_deployment(
@@ -48,6 +51,43 @@ async def deploy(settings: Settings) -> None:
         )
         await check_keys(core)
         print(await _custodian_line(core))
+        print(policy.describe())
+    finally:
+        await core.close()
+
+
+async def retention(settings: Settings, *, dry_run: bool, now: dt.datetime | None = None) -> int:
+    """Delete (or with ``dry_run`` only list) the cases due under the deployment file's
+    ``[retention]`` policy at ``now``; print one line per case, counts only. The exit status:
+    1 if a due case could not be deleted this time."""
+    if settings.deployment_file is None:
+        raise CPCPError("deployment_file is not set: it holds the [retention] policy")
+    policy = load_retention(settings.deployment_file)
+    when = now or dt.datetime.now(dt.UTC)
+    print(policy.describe())
+    core = build_core(settings)
+    try:
+        if dry_run:
+            due = await due_cases(core.sessions, policy, when)
+            for case in due:
+                print(f"would delete case {case.case_id} ({case.unit}): {case.rule}")
+            print(f"dry run: {len(due)} case(s) due, nothing deleted")
+            return 0
+        purger = Purger(sessions=core.sessions, audit=core.audit, store=core.store,
+                        source_keys=core.source_keys, cases=core.cases)
+        report = await purger.purge(policy, when)
+        for gone in report.removed:
+            print(f"deleted case {gone.case_id} ({gone.unit}): {gone.rule}; {gone.submissions} "
+                  f"submission(s), {gone.files} file(s), {gone.replies} reply(ies), "
+                  f"{gone.objects} object(s), {gone.bytes} bytes")
+        print(f"retention: {len(report.removed)} case(s) deleted"
+              + (f", {report.kept_after_recheck} kept (changed meanwhile)" if report.kept_after_recheck else "")
+              + f"; swept {report.swept_objects} orphan object(s), {report.swept_keys} orphan reply key(s)")
+        if report.failed:
+            print(f"retention: case(s) {', '.join(map(str, report.failed))} could not be deleted now "
+                  "(nothing of them was); the next run tries again", file=sys.stderr)
+            return 1
+        return 0
     finally:
         await core.close()
 
@@ -137,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     enrol.add_argument("--admin", action="store_true", help="make the officer an admin")
     verify = sub.add_parser("audit-verify", help="check the audit log's hash chain")
     verify.add_argument("--expect-head", help="the head hash recorded at the last check")
+    keep = sub.add_parser("retention", help="delete the cases due under the [retention] policy")
+    keep.add_argument("--dry-run", action="store_true", help="list what is due, delete nothing")
     event = sub.add_parser("event-add", help="offer an event for feedback on the source side")
     event.add_argument("--title-en", required=True)
     event.add_argument("--title-hi", required=True)
@@ -167,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             enrol_officer(settings, args.handle, admin=args.admin)
         elif args.command == "audit-verify":
             return verify_audit(settings, args.expect_head)
+        elif args.command == "retention":
+            return asyncio.run(retention(settings, dry_run=args.dry_run))
         elif args.command == "event-add":
             if args.ends < args.starts:
                 raise CPCPError("--ends is before --starts")

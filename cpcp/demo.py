@@ -62,6 +62,9 @@ def make_demo(folder: Path) -> Path:
     for slug, kind, en, hi, role in DEMO_UNITS:
         lines += ["[[units]]", f'slug = "{slug}"', f'kind = "{kind}"', f'name_en = "{en}"',
                   f'name_hi = "{hi}"', f'officers = ["{DEMO_OFFICERS[role][0]}"]', ""]
+    lines += ["# Retention (cpcp/retention.py; cpcp-admin retention deletes what is due).",
+              "# Without a [retention] table every case is kept forever.",
+              "# [retention]", "# closed_days = 90", "# spam_days = 7", ""]
     (folder / "deployment.toml").write_text("\n".join(lines), encoding="utf-8")
     config.write_text(
         "# CPCP demo deployment: throwaway keys, not for real tips.\n"

@@ -175,6 +175,18 @@ class Keyring:
         self._gpg.delete_keys([fingerprint], secret=True, passphrase=passphrase)
         self._gpg.delete_keys([fingerprint])
 
+    def forget_key(self, fingerprint: str) -> None:
+        """Delete a key pair whose passphrase nobody here knows (a source's reply key, when
+        retention removes its source); gpg needs none to delete in batch mode. Blocking."""
+        self._gpg.delete_keys([fingerprint], secret=True, expect_passphrase=False)
+        self._gpg.delete_keys([fingerprint])
+        if self.key_info(fingerprint) is not None:
+            raise KeyProblem(f"gpg did not delete key {fingerprint}")
+
+    def key_creation_times(self) -> dict[Fingerprint, float]:
+        """Every public key's fingerprint and creation time (seconds since the epoch)."""
+        return {Fingerprint(k["fingerprint"]): float(k["date"]) for k in self._gpg.list_keys()}
+
     # -- data -------------------------------------------------------------------------------
 
     def encrypt_bytes(self, data: bytes, recipients: Sequence[str]) -> bytes:

@@ -74,6 +74,11 @@ class SourceAccounts:
             attempt.right()
         return SourceLogin(source_id=source_id, reply_passphrase=keys.reply_passphrase)
 
+    async def exists(self, source_id: int) -> bool:
+        """False once retention deleted the source (a session may outlive it)."""
+        async with self._sessions() as db:
+            return await db.scalar(select(Source.id).where(Source.id == source_id)) is not None
+
     async def reply_key_fingerprint(self, source_id: int) -> str:
         async with self._sessions() as db:
             fpr = await db.scalar(select(Source.reply_key_fingerprint).where(Source.id == source_id))

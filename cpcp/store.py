@@ -113,6 +113,16 @@ class Store:
     def delete(self, object_name: str) -> None:
         self.path(object_name).unlink(missing_ok=True)
 
+    def remove_empty_case_folder(self, case_public_id: str) -> None:
+        """A deleted case's folder, once its objects are gone: its name is the case's id."""
+        if not _CASE_RE.match(case_public_id):
+            raise StoreError("bad case id")
+        try:
+            (self.root / case_public_id).rmdir()
+        except OSError:
+            return  # gone already, or not empty: an object no row refers to, for the sweep
+        _fsync_dir(self.root)
+
     def write_bytes(self, data: bytes, *, case_public_id: str, role: str) -> str:
         """Store a small ciphertext already in memory (e.g. a reply)."""
         pending = self.new_object()

@@ -76,6 +76,13 @@ def current_login() -> SourceLogin | None:
     return login if isinstance(login, SourceLogin) else None
 
 
+def logged_out() -> ResponseReturnValue:
+    """The session's source was deleted under the retention policy while it was logged in:
+    the session ends, and the codename is now unknown, as the login page will say."""
+    session.clear()
+    return redirect(url_for("login"), 303)
+
+
 def labels() -> dict[str, dict[str, str]]:
     """Translated labels of the fixed choices (kinds, categories, statuses, unit kinds)."""
     _ = gettext
@@ -255,6 +262,8 @@ def install(app: Quart) -> None:
             return redirect(url_for("login"), 303)
         if await core().cases.case_of_source(login.source_id) is not None:
             return redirect(url_for("case_page"), 303)
+        if not await core().sources.exists(login.source_id):
+            return logged_out()
         form = bind(TipForm)
         fill_choices(form, await core().cases.active_units(), await core().cases.open_events())
         return await tip_form_page(form)
@@ -265,6 +274,9 @@ def install(app: Quart) -> None:
         if login is None:
             return await error_page(403, rejection_message("expired"), gettext("Please log in"))
         case = await core().cases.case_of_source(login.source_id)
+        if case is None and not await core().sources.exists(login.source_id):
+            session.clear()  # deleted under the retention policy while logged in
+            return await error_page(403, rejection_message("expired"), gettext("Please log in"))
         limit = core().settings.max_upload_bytes
         if request.content_length is not None and request.content_length > limit + 1024 * 1024:
             return await error_page(413, rejection_message("too_large"))
@@ -386,6 +398,8 @@ def install(app: Quart) -> None:
             return redirect(url_for("login"), 303)
         case = await core().cases.case_of_source(login.source_id)
         if case is None:
+            if not await core().sources.exists(login.source_id):
+                return logged_out()
             return redirect(url_for("submit_page"), 303)
         return await tip_form_page(bind(FollowUpForm), case=case)
 

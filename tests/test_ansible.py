@@ -28,6 +28,7 @@ import jinja2.nativetypes
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from cpcp.admin import main as admin_main
 from cpcp.settings import load_settings
 from journalist_app.desk.settings import load_desk_settings
 from onion.cli import build_parser
@@ -49,7 +50,9 @@ BRIDGES = ["UseBridges 1", "ClientTransportPlugin obfs4 exec /usr/bin/obfs4proxy
 
 def environment(kind: type[jinja2.Environment] = jinja2.Environment) -> jinja2.Environment:
     # The template module's defaults (trim_blocks on); undefined variables fail, as in ansible.
-    env = kind(trim_blocks=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    # The loader: templates include others (app-sandbox.j2), found beside them as ansible does.
+    env = kind(trim_blocks=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+               loader=jinja2.FileSystemLoader(ANSIBLE / "templates"))
     env.tests["match"] = lambda value, pattern: re.match(pattern, value) is not None
     return env
 
@@ -160,7 +163,9 @@ def test_both_playbooks_and_every_template_used(tmp_path: Path) -> None:
     assert {p.name for p in PLAYBOOKS} == {"server.yml", "workstation.yml"}
     used = {*templates("server.yml", server_vars(tmp_path)),
             *templates("workstation.yml", workstation_vars(tmp_path))}
-    assert used == {p.name for p in (ANSIBLE / "templates").iterdir()}
+    included = {name for template in used
+                for name in re.findall(r"{% include '([^']+)' %}", (ANSIBLE / "templates" / template).read_text())}
+    assert used | included == {p.name for p in (ANSIBLE / "templates").iterdir()}
 
 
 def asserts(playbook: str, context: dict[str, Any]) -> Iterator[bool]:
@@ -260,18 +265,20 @@ def test_workstation_tor_gets_what_add_client_prints(tmp_path: Path) -> None:
 
 
 def units(tmp_path: Path, repo: str = "/opt/cpcp") -> dict[str, tuple[Path, str]]:
-    """Unit name -> (installed path, rendered text), from both playbooks."""
+    """Unit name -> (installed path, rendered text), from both playbooks: services and timers."""
     out: dict[str, tuple[Path, str]] = {}
     for rendered in (templates("server.yml", server_vars(tmp_path, cpcp_repo_dir=repo)),
                      templates("workstation.yml", workstation_vars(tmp_path, cpcp_repo_dir=repo))):
         for dest, text in rendered.values():
-            if dest.endswith(".service"):
+            if dest.endswith((".service", ".timer")):
                 out[Path(dest).name] = (Path(dest), text)
     return out
 
 
 def test_units_start_entry_points_on_loopback_in_order(tmp_path: Path) -> None:
     found = units(tmp_path)
+    for name in ("cpcp-retention.service", "cpcp-retention.timer"):  # see the next test
+        found.pop(name)
     assert set(found) == {"cpcp-source.service", "cpcp-gateway.service", "cpcp-onion.service",
                           "cpcp-desk.service"}
     for name, (dest, text) in found.items():
@@ -306,6 +313,42 @@ def test_units_start_entry_points_on_loopback_in_order(tmp_path: Path) -> None:
     assert {"cpcp-source.service", "cpcp-gateway.service"} <= set(after)
 
 
+def test_retention_runs_daily_as_the_apps_do(tmp_path: Path) -> None:
+    found = units(tmp_path)
+    dest, text = found["cpcp-retention.service"]
+    service = unit(text)["Service"]
+    assert dest == Path("/etc/systemd/system/cpcp-retention.service")
+    assert service["Type"] == "oneshot"
+    assert service["ExecStart"].split() == ["/opt/cpcp/.venv/bin/cpcp-admin", "retention"]
+    assert "cpcp-admin" in SCRIPTS
+    with pytest.raises(SystemExit) as shown:  # a subcommand cpcp-admin knows
+        admin_main(["retention", "--help"])
+    assert shown.value.code == 0
+    # The same user, settings and hardening as the gateway, line for line.
+    gateway = unit(found["cpcp-gateway.service"][1])["Service"]
+    for key in set(gateway) - {"ExecStart", "Restart"}:
+        assert service[key] == gateway[key], key
+    assert "Restart" not in service and "Install" not in unit(text)  # the timer starts it
+    timer_dest, timer_text = found["cpcp-retention.timer"]
+    timer = unit(timer_text)
+    assert timer_dest == Path("/etc/systemd/system/cpcp-retention.timer")
+    assert timer["Timer"]["OnCalendar"] == "*-*-* 03:00:00"
+    assert timer["Timer"]["RandomizedDelaySec"] == "1h"
+    assert timer["Timer"]["Persistent"] == "true"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    later = templates("server.yml", server_vars(tmp_path, cpcp_retention_on_calendar="*-*-* 04:30:00"))
+    assert unit(later["cpcp-retention.timer.j2"][1])["Timer"]["OnCalendar"] == "*-*-* 04:30:00"
+    # The timer is enabled and started, after the init that loads (and checks) the policy.
+    names = [task["name"] for task in tasks(load("server.yml")[0])]
+    enable = next(task for task in tasks(load("server.yml")[0])
+                  if task["name"] == "Retention timer enabled and started")
+    assert module(enable) == ("ansible.builtin.systemd", {
+        "name": "cpcp-retention.timer", "enabled": True, "daemon_reload": True,
+        "state": "{{ 'restarted' if cpcp_retention_timer.changed else 'started' }}"})
+    assert names.index("Initialise (secrets, schema, units, pinned keys); idempotent") < names.index(
+        "Retention timer enabled and started")
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     folder = tmp_path / "units"
@@ -330,7 +373,7 @@ def test_server_units_sandboxed(tmp_path: Path) -> None:
     folder = tmp_path / "units"
     folder.mkdir()
     for name, (dest, text) in units(tmp_path).items():
-        if dest.parent != Path("/etc/systemd/system"):
+        if dest.parent != Path("/etc/systemd/system") or dest.suffix != ".service":
             continue
         service = unit(text)["Service"]
         assert service["CapabilityBoundingSet"] == "" and service["AmbientCapabilities"] == ""

@@ -664,3 +664,54 @@ async def test_a_tip_stored_before_names_left_the_literal_packet_still_shows_its
     folder = next(desk_settings.export_dir.iterdir())
     exported = list((folder / "files").iterdir())
     assert [p.name.split("-", 1)[1] for p in exported] == ["IMG_0042.jpg"] and exported[0].read_bytes() == photo
+
+
+async def test_a_case_deleted_on_the_server_leaves_the_desk_at_the_next_sync(
+    core: CoreServices, browser: httpx.AsyncClient, totp: pyotp.TOTP, desk_settings: DeskSettings,
+    desk_app: Quart,
+) -> None:
+    """Retention on the server: the desk's next sync drops the case, its ciphertext on disk
+    and what it had decrypted in memory; the other cases stay."""
+    from cpcp.models import CaseStatus, Reply, Submission
+    from cpcp.purge import Purger
+    from cpcp.retention import RetentionPolicy, Rules
+
+    gone = await make_tip(core, "ps-sadar-bazar", "Retained away soon",
+                          files=[("photo.jpg", "image/jpeg", jpeg_with_gps())])
+    kept = await make_tip(core, "ps-sadar-bazar", "Still open")
+    async with core.sessions.begin() as db:  # and an officer's reply, in the cache too
+        public_id = (await db.get(Case, gone)).public_id  # type: ignore[union-attr]
+        name = core.store.write_bytes(b"reply ciphertext", case_public_id=public_id, role="reply")
+        db.add(Reply(case_id=gone, object_name=name, size=16))
+    await desk_login(browser, totp)
+    assert "Synced 2 cases: 4 new objects downloaded" in await desk_sync(browser)
+    assert "Retained away soon" in (await browser.get(f"/cases/{gone}")).text  # decrypted now
+    cache = desk_settings.cache_dir
+    casebook = desk_app.extensions["cpcp_desk"].casebook
+    async with core.sessions() as db:
+        docs = dict((await db.execute(select(Document.id, Submission.case_id)
+                                      .join(Submission, Document.submission_id == Submission.id))).all())
+    mine = [d for d, c in docs.items() if c == gone]
+    assert len(mine) == 2 and all((cache / "docs" / f"{d}.gpg").exists() for d in mine)
+    assert (cache / "cases" / f"{gone}.json").exists() and len(list((cache / "replies").iterdir())) == 1
+    assert set(mine) & set(casebook._messages)  # the decrypted message is held in memory
+
+    now = dt.datetime.now(dt.UTC)
+    async with core.sessions.begin() as db:
+        await db.execute(update(Case).where(Case.id == gone).values(
+            status=CaseStatus.CLOSED, updated_at=now - dt.timedelta(days=31)))
+    purger = Purger(sessions=core.sessions, audit=core.audit, store=core.store,
+                    source_keys=core.source_keys, cases=core.cases)
+    report = await purger.purge(RetentionPolicy(default=Rules(closed_days=30)), now)
+    assert [r.case_id for r in report.removed] == [gone]
+
+    inbox = await desk_sync(browser)
+    assert "Synced 1 cases" in inbox and "1 cases removed (deleted on the server or no longer yours)" in inbox
+    assert not (cache / "cases" / f"{gone}.json").exists()
+    assert not any((cache / "docs" / f"{d}.gpg").exists() for d in mine)
+    assert list((cache / "replies").iterdir()) == []
+    assert sorted(int(p.stem) for p in (cache / "docs").iterdir()) == [d for d, c in docs.items() if c == kept]
+    assert not set(mine) & set(casebook._messages)
+    assert (await browser.get(f"/cases/{gone}")).status_code == 404
+    assert "Still open" in (await browser.get(f"/cases/{kept}")).text
+    assert "Retained away" not in (await browser.get("/inbox")).text

@@ -174,6 +174,32 @@ def test_generated_reply_keys_are_locked_exportable_and_deletable(tmp_path: Path
         ring.export_public_key(fpr)
 
 
+def test_a_reply_key_is_forgotten_without_its_passphrase(tmp_path: Path) -> None:
+    """Retention deletes a source's reply key; the passphrase derives from the codename, which
+    the server never has."""
+    ring = Keyring(tmp_path / "sources")
+    before = dt.datetime.now(dt.UTC).timestamp()
+    gone = ring.generate_key(passphrase="p" * 64, uid=random_uid())
+    kept = ring.generate_key(passphrase="q" * 64, uid=random_uid())
+    created = ring.key_creation_times()
+    assert set(created) == {gone, kept}
+    assert all(before - 2 <= when <= dt.datetime.now(dt.UTC).timestamp() + 1 for when in created.values())
+    ring.forget_key(gone)
+    assert ring.key_info(gone) is None and ring.secret_fingerprints() == {kept}
+    assert set(ring.key_creation_times()) == {kept}
+    ring.forget_key(gone)  # gone already: nothing to do
+    ring.import_public_keys((TEST_KEYS / "officer-a.pub.asc").read_text())
+    ring.forget_key(FPR["officer-a"])  # a public key alone goes too
+    assert set(ring.key_creation_times()) == {kept}
+
+
+def test_a_key_gpg_would_not_delete_is_reported(ring: Keyring, monkeypatch: pytest.MonkeyPatch) -> None:
+    ring.import_public_keys((TEST_KEYS / "officer-a.pub.asc").read_text())
+    monkeypatch.setattr(ring._gpg, "delete_keys", lambda *a, **k: None)
+    with pytest.raises(KeyProblem, match=f"^gpg did not delete key {FPR['officer-a']}$"):
+        ring.forget_key(FPR["officer-a"])
+
+
 def test_random_uids_say_nothing_and_differ() -> None:
     uids = {random_uid() for _ in range(20)}
     assert len(uids) == 20

@@ -70,6 +70,19 @@ def test_commit_moves_the_object_into_its_private_case_folder(tmp_path: Path) ->
     store.delete(name)  # already gone: nothing to do
 
 
+def test_a_deleted_cases_folder_goes_only_when_empty(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    name = store.write_bytes(b"ciphertext", case_public_id=CASE, role="file")
+    store.remove_empty_case_folder(CASE)  # an object is left: the folder stays, for the sweep
+    assert (store.root / name).read_bytes() == b"ciphertext"
+    store.delete(name)
+    store.remove_empty_case_folder(CASE)
+    assert not (store.root / CASE).exists() and (store.root / ".tmp").is_dir()
+    store.remove_empty_case_folder(CASE)  # already gone: nothing to do
+    with pytest.raises(StoreError, match="^bad case id$"):
+        store.remove_empty_case_folder(".tmp")
+
+
 @pytest.mark.parametrize(
     ("case", "role"),
     [

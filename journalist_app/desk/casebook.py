@@ -141,6 +141,17 @@ class Casebook:
         self._messages.clear()
         self._replies.clear()
 
+    def drop_uncached(self) -> int:
+        """Drop decrypted messages and replies whose ciphertext the cache no longer holds (a
+        sync removed their case: deleted on the server, or no longer the officer's)."""
+        gone = [d for d in self._messages if not self._cache.has_document(d)]
+        gone_replies = [r for r in self._replies if not self._cache.has_reply(r)]
+        for doc_id in gone:
+            del self._messages[doc_id]
+        for reply_id in gone_replies:
+            del self._replies[reply_id]
+        return len(gone) + len(gone_replies)
+
     async def message(self, document_id: int) -> Message:
         found = self._messages.get(document_id)
         if found is None:

@@ -117,10 +117,13 @@ def install(app: Quart) -> None:
         except GatewayError as exc:
             flash(f"Sync stopped: {exc}. What was downloaded is kept; sync again to resume.", "error")
             return redirect(url_for("inbox"), 303)
+        finally:  # what a removed case decrypted leaves memory with its ciphertext
+            desk().casebook.drop_uncached()
         flash(f"Synced {report.cases} cases: {report.downloaded} new objects downloaded, "
               f"{report.already_cached} already here"
               + (f", {report.unavailable} no longer on the server" if report.unavailable else "")
-              + (f", {report.removed} cases no longer yours removed" if report.removed else "") + ".")
+              + (f", {report.removed} cases removed (deleted on the server or no longer yours)"
+                 if report.removed else "") + ".")
         return redirect(url_for("inbox"), 303)
 
     case_views.install(app)
