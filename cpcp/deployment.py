@@ -112,8 +112,10 @@ def _officer(i: int, entry: Any) -> OfficerSpec:
     try:
         handle = str(entry["handle"])
         retired = entry.get("retired", False)
+        if not isinstance(retired, bool):
+            raise ConfigError(f"officer {handle}: retired must be true or false")
         # A retired officer's key may have expired long ago: it is no longer needed.
-        optional = retired is True
+        optional = retired
         spec = OfficerSpec(
             handle=handle, name=str(entry["name"]),
             fingerprint=str(entry.get("fingerprint", "") if optional else entry["fingerprint"])
@@ -129,8 +131,6 @@ def _officer(i: int, entry: Any) -> OfficerSpec:
         raise ConfigError(f"officers[{i}]: workstations must be a list of names") from exc
     if not _HANDLE.match(spec.handle):
         raise ConfigError(f"officer {spec.handle!r}: handle must be lower-case letters, digits, . _ -")
-    if not isinstance(spec.retired, bool):
-        raise ConfigError(f"officer {spec.handle}: retired must be true or false")
     if not (spec.retired and not spec.fingerprint) and not _FPR.match(spec.fingerprint):
         raise ConfigError(f"officer {spec.handle}: fingerprint must be 40 hex digits")
     if not isinstance(spec.custodian, bool):

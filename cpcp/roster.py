@@ -127,7 +127,8 @@ class _Apply:
         self.report.revoked_workstations += gone
         return gone
 
-    async def retire(self, spec: OfficerSpec, officer: Officer | None, keep: set[str]) -> None:
+    async def retire(self, spec: OfficerSpec, officer: Officer | None, keep: set[str],
+                     units_left: list[str]) -> None:
         """Tokens, passphrase, TOTP, units and workstations go; the row (history) stays."""
         db, audit = self.db, self.audit
         if officer is None or not officer.active:
@@ -139,7 +140,6 @@ class _Apply:
                                    workstations=gone)
                 self.report.lines.append(f"officer {spec.handle}: workstation key(s) {', '.join(gone)} revoked")
             return
-        units_left = sorted(u.slug for u in officer.units)
         tokens = await db.scalar(select(func.count()).select_from(ApiToken)
                                  .where(ApiToken.officer_id == officer.id)) or 0
         await db.execute(delete(ApiToken).where(ApiToken.officer_id == officer.id))
@@ -183,6 +183,7 @@ async def apply_deployment(
                                 oversight_key_file=oversight_key_file,
                                 oversight_fingerprint=oversight_fingerprint, keyring=keyring)
         step = _Apply(db, audit, report, workstations)
+        units_of = {h: sorted(u.slug for u in o.units) for h, o in by_handle.items()}
         for spec in deployment.serving:
             by_handle[spec.handle] = await step.serving(spec, by_handle.get(spec.handle))
         retired = {o.handle for o in deployment.retired}
@@ -199,7 +200,7 @@ async def apply_deployment(
             unit.officers = [by_handle[h] for h in uspec.officers if h not in retired]
         keep = {name for spec in deployment.serving for name in spec.workstations}
         for spec in deployment.retired:
-            await step.retire(spec, by_handle.get(spec.handle), keep)
+            await step.retire(spec, by_handle.get(spec.handle), keep, units_of.get(spec.handle, []))
         await _record_oversight(db, audit, report, oversight_fingerprint)
     return report
 
