@@ -97,7 +97,8 @@ class _Apply:
     async def serving(self, spec: OfficerSpec, officer: Officer | None) -> Officer:
         db, audit = self.db, self.audit
         if officer is None:
-            officer = Officer(handle=spec.handle, display_name=spec.name, fingerprint=spec.fingerprint)
+            officer = Officer(handle=spec.handle, display_name=spec.name, fingerprint=spec.fingerprint,
+                              active=True)
             db.add(officer)
             await db.flush()
             await audit.record(db, officer_id=None, action="officer_added", officer=officer.id,
