@@ -233,6 +233,33 @@ async def test_a_workstation_shared_with_an_active_officer_stays(deployment: Dep
     assert "workstation key(s) revoked: none" in done.stdout and registry.names() == ["shift-desk"]
 
 
+async def test_an_unretired_officer_comes_back_only_through_a_fresh_enrolment(
+    deployment: Deployment, core: CoreServices
+) -> None:
+    also_in_cyber_cell(deployment)
+    totp = await enrol(core, "officer-b")
+    identity = await core.officer_auth.login("officer-b", PASSPHRASE, code_at(totp, 1))
+    token, _ = await core.officer_auth.issue_token(identity)
+    path = deployment.root / "deployment.toml"
+    original = path.read_text(encoding="utf-8")
+    edit_officer(deployment, "officer-b", "retired = true")
+    assert admin(deployment, "deploy").returncode == 0
+    path.write_text(original, encoding="utf-8")
+    done = admin(deployment, "deploy")
+    assert done.returncode == 0 and "officer officer-b: reinstated (enrol them again to log in)" in done.stdout
+    # Back in their units, but the old token and the old passphrase and TOTP are gone for good.
+    assert await core.officer_auth.authenticate(token) is None
+    with pytest.raises(LoginFailed):
+        await core.officer_auth.login("officer-b", PASSPHRASE, code_at(totp))
+    again = await enrol(core, "officer-b")
+    identity = await core.officer_auth.login("officer-b", PASSPHRASE, code_at(again))
+    unit_of = {u.slug: u.officer_fingerprints for u in await core.cases.active_units()}
+    assert FPR["officer-b"] in unit_of["cell-cyber"] and len(identity.unit_ids) == 2
+    async with core.sessions() as db:
+        actions = (await db.scalars(select(AuditEntry.action).order_by(AuditEntry.id))).all()
+    assert actions.count("officer_retired") == 1 and actions.count("officer_reinstated") == 1
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 
