@@ -12,13 +12,14 @@ from typing import Any
 
 import segno
 
-from .deployment import apply_deployment, load_deployment
+from .deployment import load_deployment
 from .errors import CPCPError
 from .migrate import upgrade
 from .models import Event
 from .officers import provisioning_uri, suggest_passphrase
 from .purge import Purger, due_cases
 from .retention import load_retention
+from .roster import WorkstationKeys, apply_deployment
 from .server_secrets import create_server_secrets
 from .services import CoreServices, build_core, check_keys
 from .settings import Settings, load_settings
@@ -37,6 +38,29 @@ def init_deployment(settings: Settings) -> None:
         asyncio.run(deploy(settings))
 
 
+def _officer_workstations(settings: Settings) -> WorkstationKeys:
+    """The officer onion's authorized client keys, which a retirement revokes.
+
+    Imported here, in the command, not in the core: the core knows no onion. The registry is
+    only read and files deleted; nothing is created when the onion does not exist yet.
+    """
+    from onion.services import OFFICER, OnionLayout
+
+    return OnionLayout.for_data_dir(settings.data_dir).clients(OFFICER)
+
+
+def _republish_officer_onion(settings: Settings) -> None:
+    """Revoked workstation keys take effect on the running tor now, not at its next start."""
+    from onion.cli import republish_officer_onion
+
+    try:
+        republish_officer_onion(settings)
+    except CPCPError as exc:
+        print(f"cpcp-admin: the workstation keys are removed, but the running tor did not "
+              f"re-publish the officer onion ({exc}); run 'cpcp-onion revoke-client' or restart "
+              "cpcp-onion", file=sys.stderr)
+
+
 async def deploy(settings: Settings) -> None:
     if settings.deployment_file is None:
         raise CPCPError("deployment_file is not set")
@@ -44,11 +68,15 @@ async def deploy(settings: Settings) -> None:
     policy = load_retention(settings.deployment_file)
     core = build_core(settings)
     try:
-        await apply_deployment(
+        report = await apply_deployment(
             deployment, keys_dir=settings.keys_dir, oversight_key_file=settings.oversight_key_file,
             oversight_fingerprint=settings.oversight_fingerprint, keyring=core.officer_keys,
-            sessions=core.sessions,
+            audit=core.audit, workstations=_officer_workstations(settings),
         )
+        for line in report.lines:
+            print(line)
+        if report.revoked_workstations:
+            await asyncio.to_thread(_republish_officer_onion, settings)
         await check_keys(core)
         print(await _custodian_line(core))
         print(policy.describe())

@@ -12,6 +12,13 @@
     fingerprint = "40 HEX DIGITS"
     key_file = "sp.asc"
     custodian = true                   # the SP or a designated ASP; needs no unit
+    workstations = ["desk-sp"]         # its cpcp-onion client names (optional)
+
+    [[officers]]
+    handle = "si-old"
+    name = "SI who left the district"
+    retired = true                     # fingerprint and key_file may then be left out
+    workstations = ["desk-3"]
 
     [[units]]
     slug = "ps-sadar-bazar"
@@ -24,34 +31,53 @@ Custodians hold the keys that sources' contact details are sealed to (never the 
 and only they approve a disclosure to a case officer. A deployment without any custodian does
 not offer contact details on the tip form at all, and says so there (``cpcp-admin deploy`` and
 ``check`` say so too): details no one could ever unseal would only endanger the source.
+
+**Retiring** an officer is ``retired = true`` on their entry, kept in the file (the file is the
+admin's source of truth and ansible re-applies it; an officer merely left out is not touched).
+``cpcp-admin deploy`` then, in one audited transaction: marks them inactive (their bearer
+tokens are deleted and refused at once, their passphrase and TOTP secret are wiped, so they
+cannot log in and only a fresh ``officer-enrol`` after un-retiring brings them back), takes
+them out of every unit (new tips and replies are no longer encrypted to their key), and
+removes the officer-onion client keys of the ``workstations`` listed on their entry (unless
+an active officer lists the same workstation). Cases, replies and audit entries keep naming
+them. **Rotating** a key is a new ``key_file`` and ``fingerprint`` on the entry (the oversight
+key: ``oversight_key_file`` and ``oversight_fingerprint`` in the settings); old ciphertext
+stays readable with the old private key at the desk.
+
+Nothing changes when the result would be unsafe: every key is first checked in a scratch
+keyring (pinned fingerprint, not expired or revoked, can encrypt), and a retirement that would
+leave a unit without any officer, or the deployment without an admin, is refused, naming why.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from typing import Any
 
 from .errors import ConfigError, KeyProblem
-from .models import Officer, Unit, UnitKind
-from .pgp import Keyring
+from .models import UnitKind
+from .pgp import Keyring, stop_agent
 
 _FPR = re.compile(r"^[0-9A-F]{40}$")
 _HANDLE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+# cpcp-onion's workstation names (onion/clients.py), checked here without importing onion.
+_WORKSTATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 @dataclass(frozen=True)
 class OfficerSpec:
     handle: str
     name: str
-    fingerprint: str
-    key_file: str
+    fingerprint: str  # "" only for a retired officer whose entry leaves it out
+    key_file: str  # likewise
     custodian: bool = False
+    retired: bool = False
+    workstations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,7 +96,50 @@ class Deployment:
 
     @property
     def custodians(self) -> tuple[OfficerSpec, ...]:
-        return tuple(o for o in self.officers if o.custodian)
+        return tuple(o for o in self.officers if o.custodian and not o.retired)
+
+    @property
+    def serving(self) -> tuple[OfficerSpec, ...]:
+        """The officers not retired: each needs a usable pinned key."""
+        return tuple(o for o in self.officers if not o.retired)
+
+    @property
+    def retired(self) -> tuple[OfficerSpec, ...]:
+        return tuple(o for o in self.officers if o.retired)
+
+
+def _officer(i: int, entry: Any) -> OfficerSpec:
+    try:
+        handle = str(entry["handle"])
+        retired = entry.get("retired", False)
+        if not isinstance(retired, bool):
+            raise ConfigError(f"officer {handle}: retired must be true or false")
+        # A retired officer's key may have expired long ago: it is no longer needed.
+        optional = retired
+        spec = OfficerSpec(
+            handle=handle, name=str(entry["name"]),
+            fingerprint=str(entry.get("fingerprint", "") if optional else entry["fingerprint"])
+            .replace(" ", "").upper(),
+            key_file=str(entry.get("key_file", "") if optional else entry["key_file"]),
+            custodian=entry.get("custodian", False),
+            retired=retired,
+            workstations=tuple(entry.get("workstations", ())),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"officers[{i}] lacks {exc}") from exc
+    except TypeError as exc:
+        raise ConfigError(f"officers[{i}]: workstations must be a list of names") from exc
+    if not _HANDLE.match(spec.handle):
+        raise ConfigError(f"officer {spec.handle!r}: handle must be lower-case letters, digits, . _ -")
+    if not (spec.retired and not spec.fingerprint) and not _FPR.match(spec.fingerprint):
+        raise ConfigError(f"officer {spec.handle}: fingerprint must be 40 hex digits")
+    if not isinstance(spec.custodian, bool):
+        raise ConfigError(f"officer {spec.handle}: custodian must be true or false")
+    for name in spec.workstations:
+        if not isinstance(name, str) or not _WORKSTATION.match(name):
+            raise ConfigError(f"officer {spec.handle}: workstation {name!r} is not a cpcp-onion client "
+                              "name (1-64 letters, digits, '-' or '_')")
+    return spec
 
 
 def load_deployment(path: Path) -> Deployment:
@@ -79,27 +148,13 @@ def load_deployment(path: Path) -> Deployment:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"deployment file {path}: {exc}") from exc
-    officers: list[OfficerSpec] = []
-    for i, entry in enumerate(raw.get("officers", [])):
-        try:
-            spec = OfficerSpec(
-                handle=str(entry["handle"]), name=str(entry["name"]),
-                fingerprint=str(entry["fingerprint"]).replace(" ", "").upper(),
-                key_file=str(entry["key_file"]),
-                custodian=entry.get("custodian", False),
-            )
-        except KeyError as exc:
-            raise ConfigError(f"officers[{i}] lacks {exc}") from exc
-        if not _HANDLE.match(spec.handle):
-            raise ConfigError(f"officer {spec.handle!r}: handle must be lower-case letters, digits, . _ -")
-        if not _FPR.match(spec.fingerprint):
-            raise ConfigError(f"officer {spec.handle}: fingerprint must be 40 hex digits")
-        if not isinstance(spec.custodian, bool):
-            raise ConfigError(f"officer {spec.handle}: custodian must be true or false")
-        officers.append(spec)
+    officers = [_officer(i, entry) for i, entry in enumerate(raw.get("officers", []))]
     handles = {o.handle for o in officers}
     if len(handles) != len(officers):
         raise ConfigError("officer handles must be unique")
+    pinned = [o.fingerprint for o in officers if not o.retired]
+    if len(set(pinned)) != len(pinned):
+        raise ConfigError("two officers pin the same fingerprint: each officer needs their own key")
     units: list[UnitSpec] = []
     for i, entry in enumerate(raw.get("units", [])):
         try:
@@ -137,42 +192,31 @@ def import_pinned_key(keyring: Keyring, key_file: Path, fingerprint: str, *, who
     keyring.require_encryption_key(fingerprint, who=who)
 
 
-async def apply_deployment(
-    deployment: Deployment,
-    *,
-    keys_dir: Path,
-    oversight_key_file: str,
-    oversight_fingerprint: str,
-    keyring: Keyring,
-    sessions: async_sessionmaker[AsyncSession],
-) -> None:
-    """Import the oversight and officers' keys (pinned) and upsert officers and units. Nothing
-    unlisted is touched: a shortened file must not lock officers out or hide cases; retiring
-    an officer or a unit is an explicit admin command."""
-    import_pinned_key(keyring, keys_dir / oversight_key_file, oversight_fingerprint, who="oversight key")
-    for spec in deployment.officers:
-        import_pinned_key(keyring, keys_dir / spec.key_file, spec.fingerprint, who=f"officer {spec.handle}")
-    async with sessions.begin() as db:
-        by_handle = {o.handle: o for o in (await db.scalars(select(Officer))).all()}
-        for spec in deployment.officers:
-            officer = by_handle.get(spec.handle)
-            if officer is None:
-                officer = Officer(handle=spec.handle)
-                db.add(officer)
-                by_handle[spec.handle] = officer
-            officer.display_name = spec.name
-            officer.fingerprint = spec.fingerprint
-            officer.is_custodian = spec.custodian
-            officer.active = True
-        await db.flush()
-        by_slug = {u.slug: u for u in (await db.scalars(select(Unit))).all()}
-        for uspec in deployment.units:
-            unit = by_slug.get(uspec.slug)
-            if unit is None:
-                unit = Unit(slug=uspec.slug)
-                db.add(unit)
-            unit.kind = uspec.kind
-            unit.name_en = uspec.name_en
-            unit.name_hi = uspec.name_hi
-            unit.active = True
-            unit.officers = [by_handle[h] for h in uspec.officers]
+def _pinned_keys(deployment: Deployment, keys_dir: Path, oversight_key_file: str,
+                 oversight_fingerprint: str) -> list[tuple[Path, str, str]]:
+    keys = [(keys_dir / oversight_key_file, oversight_fingerprint, "oversight key")]
+    keys += [(keys_dir / o.key_file, o.fingerprint, f"officer {o.handle}") for o in deployment.serving]
+    return keys
+
+
+def check_pinned_keys(deployment: Deployment, *, keys_dir: Path, oversight_key_file: str,
+                      oversight_fingerprint: str, gpg_binary: str = "gpg") -> None:
+    """Every pinned key (oversight, each officer not retired) in a scratch keyring: the pinned
+    fingerprint, not expired or revoked, able to encrypt. A wrong key changes nothing, not even
+    the server's keyring. Raises KeyProblem naming the first bad one."""
+    with tempfile.TemporaryDirectory(prefix="cpcp-keycheck-") as scratch:
+        ring = Keyring(Path(scratch) / "gnupg", gpg_binary=gpg_binary)
+        try:
+            for key_file, fingerprint, who in _pinned_keys(deployment, keys_dir, oversight_key_file,
+                                                           oversight_fingerprint):
+                import_pinned_key(ring, key_file, fingerprint, who=who)
+        finally:
+            stop_agent(ring.home)
+
+
+def import_pinned_keys(deployment: Deployment, *, keys_dir: Path, oversight_key_file: str,
+                       oversight_fingerprint: str, keyring: Keyring) -> None:
+    """Import the pinned keys into the server's keyring (after :func:`check_pinned_keys`)."""
+    for key_file, fingerprint, who in _pinned_keys(deployment, keys_dir, oversight_key_file,
+                                                   oversight_fingerprint):
+        import_pinned_key(keyring, key_file, fingerprint, who=who)

@@ -131,12 +131,14 @@ class OfficerAuth:
             officer = await db.scalar(select(Officer).where(Officer.handle == handle))
             if officer is None:
                 raise LoginFailed(f"no officer {handle!r}: add it to the deployment file first")
+            if not officer.active:
+                raise LoginFailed(f"officer {handle!r} is retired: remove 'retired = true' from "
+                                  "their entry and deploy first")
             officer.passphrase_hash = digest
             officer.totp_secret = secret
             officer.totp_last_step = None
             officer.failed_logins = 0
             officer.locked_until = None
-            officer.active = True
             if admin is not None:
                 officer.is_admin = admin
             await self._audit.record(db, officer_id=None, action="officer_enrolled", officer=officer.id,

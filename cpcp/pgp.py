@@ -56,6 +56,12 @@ def _prepare_home(home: Path) -> None:
                        capture_output=True, check=False)
 
 
+def stop_agent(home: Path) -> None:
+    """Stop the gpg-agent gpg may have started for ``home`` (a scratch home about to go)."""
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                   capture_output=True, check=False)
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     fingerprint: Fingerprint

@@ -24,11 +24,12 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from cpcp.errors import CPCPError
-from cpcp.settings import load_settings
+from cpcp.settings import Settings, load_settings
 
 from .clients import admin_key_instructions, check_name, generate_key_pair, workstation_instructions
 from .deployment import OnionDeployment
@@ -156,14 +157,18 @@ def _wait_published(dep: OnionDeployment, tor: Tor, uploads: UploadWatch, result
 
 def _apply(dep: OnionDeployment, args: argparse.Namespace) -> None:
     """Re-publish the officer onion on the running tor, if one runs."""
+    _republish(dep, lambda: _attach(dep, args), timeout=args.timeout)
+
+
+def _republish(dep: OnionDeployment, attach: Callable[[], Tor], *, timeout: float) -> None:
     try:
-        with _attach(dep, args) as tor:
+        with attach() as tor:
             progress, summary = tor.bootstrap_progress()
             # A tor that is not bootstrapped could not upload the descriptor before --timeout;
             # it has the change and publishes it once it is (the key is saved either way).
             bootstrapped = progress >= 100
             OnionPublisher(tor=tor, layout=dep.layout).publish(
-                dep.services, timeout=args.timeout if bootstrapped else None, republish=[OFFICER])
+                dep.services, timeout=timeout if bootstrapped else None, republish=[OFFICER])
             if bootstrapped:
                 print(f"{PROG}: officer onion re-published", file=sys.stderr)
             else:
@@ -172,6 +177,13 @@ def _apply(dep: OnionDeployment, args: argparse.Namespace) -> None:
     except TorNotRunning:
         print(f"{PROG}: tor is not running; the change applies when '{PROG} run' starts it",
               file=sys.stderr)
+
+
+def republish_officer_onion(settings: Settings, *, timeout: float = 120 * SECONDS) -> None:
+    """After workstation keys were removed on disk (``cpcp-admin deploy`` retiring an officer):
+    the deployment's own running tor, if any, re-publishes the officer onion without them."""
+    dep = OnionDeployment.from_settings(settings)
+    _republish(dep, lambda: Tor.attach_data_dir(dep.tor_dir), timeout=timeout)
 
 
 def cmd_add_client(dep: OnionDeployment, args: argparse.Namespace) -> int:
