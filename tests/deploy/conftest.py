@@ -81,7 +81,7 @@ class Site:
     network: PrivateTorNetwork
     server_vars: dict[str, object]
     workstation_vars: dict[str, object]
-    admin: AdminKeys
+    admin_keys: AdminKeys
     onions: dict[str, str] = field(default_factory=dict)
     officer: Officer = field(default_factory=lambda: Officer(OFFICER, "", ""))
     officer_uid: str = ""

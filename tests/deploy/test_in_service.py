@@ -4,9 +4,16 @@ a source and an officer see."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+from onion.clients import auth_private_line
 
 from ..tor.tornet import say
 from .conftest import Site
@@ -23,6 +30,7 @@ from .journey import (
 )
 from .playbooks import apply
 
+HERE = Path(__file__).parent
 SERVER_UNITS = ("cpcp-source", "cpcp-gateway", "cpcp-onion")
 
 
@@ -68,3 +76,103 @@ async def test_source_tip_reaches_the_desk_and_the_reply_reaches_the_source(
     case = await source_reads_case(socks, site.onions["source"], codename)
     assert reply in case
     site.story.update(codename=codename, canary=canary, reply=reply, photo=photo)
+
+
+EXPOSURE = re.compile(r"Overall exposure level for (\S+): (\d+\.\d+) (\S+)")
+
+
+def test_each_cpcp_unit_is_sandboxed_to_ok_or_better(request: pytest.FixtureRequest, site: Site) -> None:
+    """``systemd-analyze security`` on the booted server: 2.0 or lower is its "OK" band."""
+    scores = {}
+    for unit in (*SERVER_UNITS, "cpcp-retention"):
+        found = EXPOSURE.search(site.server.run(["systemd-analyze", "security", "--no-pager", unit]).stdout)
+        assert found, unit
+        scores[unit] = (float(found[2]), found[3])
+    say(request, "\ndeploy: exposure " + ", ".join(f"{u} {s} {band}" for u, (s, band) in scores.items()))
+    assert all(score <= 2.0 for score, _ in scores.values()), scores
+
+
+def test_tor_and_the_apps_cannot_read_each_others_secrets(site: Site) -> None:
+    srv = site.server
+    keys = srv.run(["sh", "-c", "ls /var/lib/cpcp-tor/onion/source/"]).stdout.split()
+    assert "hs_ed25519_secret_key" in keys
+    as_app = srv.run(["runuser", "-u", "cpcp", "--", "cat", "/var/lib/cpcp-tor/onion/source/hs_ed25519_secret_key"],
+                     check=False)
+    assert as_app.returncode != 0 and "Permission denied" in as_app.stderr
+    as_tor = srv.run(["runuser", "-u", "cpcp-tor", "--", "cat", "/var/lib/cpcp/secrets.json"], check=False)
+    assert as_tor.returncode != 0 and "Permission denied" in as_tor.stderr
+    assert srv.run(["runuser", "-u", "cpcp", "--", "test", "-r", "/var/lib/cpcp/secrets.json"]).returncode == 0
+
+
+def connects(timeout: float, host: str, port: int) -> str:
+    """"connected", "refused" (a RST: nothing listens, no firewall) or "dropped" (silence)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return "connected"
+    except ConnectionRefusedError:
+        return "refused"
+    except (TimeoutError, OSError):
+        return "dropped"
+
+
+def test_the_server_accepts_no_inbound_connection(site: Site) -> None:
+    for port in (22, 8080, 8081, 9):
+        assert connects(3, site.server.address, port) == "dropped", port
+    # Control: the workstation has no firewall, so a closed port there answers with a reset.
+    assert connects(3, site.workstation.address, 9) == "refused"
+
+
+def test_only_tors_user_and_apt_connect_out(site: Site) -> None:
+    """From inside the server, to the private Tor network's directory port: tor's user gets
+    through, the apps' user and root do not."""
+    line = site.network.dir_authority_options()["DirAuthority"][0]
+    host, port = re.search(r" (\d+\.\d+\.\d+\.\d+):(\d+) ", line).groups()  # type: ignore[union-attr]
+    probe = (f"import socket; socket.create_connection(('{host}', {port}), timeout=3).close(); "
+             "print('connected')")
+    for user, expected in (("cpcp-tor", True), ("cpcp", False), ("root", False)):
+        done = site.server.run(["runuser", "-u", user, "--", "python3", "-c", probe], check=False)
+        assert ("connected" in done.stdout) is expected, (user, done.stderr)
+    ruleset = site.server.run(["nft", "list", "ruleset"]).stdout
+    assert "_apt" in ruleset or "skuid" in ruleset
+
+
+def test_unattended_security_upgrades_are_on(site: Site) -> None:
+    config = site.server.run(["apt-config", "dump"]).stdout
+    assert 'APT::Periodic::Unattended-Upgrade "1";' in config
+    assert "Debian-Security" in config or "origin=Debian,codename=${distro_codename}-security" in config
+    for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
+        assert site.server.run(["systemctl", "is-enabled", timer]).stdout.strip() == "enabled"
+
+
+def test_admin_ssh_only_through_its_onion_with_client_authorization(site: Site) -> None:
+    settings = site.server.run(["sshd", "-T"]).stdout
+    assert "listenaddress 127.0.0.1:22" in settings and "passwordauthentication no" in settings
+    onion = site.onions["ssh"]
+    auth_dir = site.workdir / "admin-onion-auth"
+    auth_dir.mkdir(mode=0o700, exist_ok=True)
+    (auth_dir / "admin.auth_private").write_text(auth_private_line(onion, site.admin_keys.onion.private) + "\n")
+    (auth_dir / "admin.auth_private").chmod(0o600)
+
+    def ssh(socks_port: int) -> subprocess.CompletedProcess[str]:
+        proxy = f"{sys.executable} {HERE / 'socks_connect.py'} {socks_port} %h %p"
+        return subprocess.run(
+            ["ssh", "-i", str(site.admin_keys.ssh_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+             "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={site.workdir / 'known_hosts'}",
+             "-o", "ConnectTimeout=90", "-o", f"ProxyCommand={proxy}", f"root@{onion}", "hostname"],
+            capture_output=True, text=True, timeout=240, check=False)
+
+    with_key = site.network.start_client("admin-ssh", {"ClientOnionAuthDir": str(auth_dir)})
+    try:
+        port = with_key.socks_port()
+        assert port is not None
+        done = ssh(port)
+        for _ in range(3):  # the descriptor may still be on its way to the HSDirs
+            if done.returncode == 0:
+                break
+            done = ssh(port)
+        assert done.returncode == 0 and done.stdout.strip() == "cpcp-server", done.stderr
+    finally:
+        site.network.stop_tor("admin-ssh")
+    # The same onion, from a tor without the admin's client key: not even a connection.
+    without = ssh(site.network.socks_port)
+    assert without.returncode != 0 and "socks" in without.stderr, without.stderr
