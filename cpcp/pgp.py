@@ -12,6 +12,7 @@ gpg's default zlib is ~10x slower than the encryption itself (1.2 s vs 11.6 s fo
 from __future__ import annotations
 
 import asyncio
+import atexit
 import datetime as dt
 import fcntl
 import os
@@ -45,6 +46,35 @@ _AGENT_CONF = (
 _COMMON_ARGS = ("--batch", "--no-tty", "--quiet", "--yes", "--no-greeting", "--trust-model", "always")
 
 
+# Homes whose agent this process may have started and not stopped yet (see stop_agents).
+_homes_in_use: set[tuple[Path, str]] = set()
+
+
+def stop_agents(home: Path, *, gpg_binary: str = "gpg") -> None:
+    """Stop the gpg-agent (and any other GnuPG daemon) running for ``home``.
+
+    gpg starts an agent per home on first need and leaves it running after the program that
+    used it exits, so every program stops its own: a long-lived server leaves none behind on
+    restart, and a test run does not pile up hundreds. gpg starts a new agent when needed.
+    """
+    sibling = Path(gpg_binary).with_name("gpgconf")  # the gpgconf of that gpg, if it has one
+    gpgconf = str(sibling) if os.sep in gpg_binary and sibling.exists() else "gpgconf"
+    if home.is_dir():
+        try:
+            subprocess.run([gpgconf, "--homedir", str(home), "--kill", "all"],
+                           capture_output=True, check=False, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # nothing to stop with, or it hangs: stopping must not fail the shutdown
+
+
+@atexit.register
+def _stop_agents_at_exit() -> None:
+    # The backstop for a Keyring nobody closed (cpcp-admin demo's workstation keyring, say).
+    while _homes_in_use:
+        home, gpg_binary = _homes_in_use.pop()
+        stop_agents(home, gpg_binary=gpg_binary)
+
+
 def _prepare_home(home: Path) -> None:
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(home, 0o700)
@@ -74,6 +104,13 @@ class Keyring:
         self.gpg_binary = gpg_binary
         self._gpg = gnupg.GPG(gnupghome=str(home), gpgbinary=gpg_binary)
         self._gpg.encoding = "utf-8"
+        _homes_in_use.add((home, gpg_binary))
+
+    def close(self) -> None:
+        """Stop the agent gpg may have started for this home. The keyring stays usable (gpg
+        would start a new agent), but a program calls this when it is done with it."""
+        _homes_in_use.discard((self.home, self.gpg_binary))
+        stop_agents(self.home, gpg_binary=self.gpg_binary)
 
     # -- keys -------------------------------------------------------------------------------
 

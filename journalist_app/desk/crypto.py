@@ -11,8 +11,10 @@ holds exactly the fingerprint the gateway pinned, and replies are encrypted with
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
+import subprocess
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -24,6 +26,31 @@ CHUNK = 64 * 1024
 _ARGS = ("--batch", "--no-tty", "--quiet", "--no-greeting")
 
 
+def stop_agents(home: Path, *, gpg_binary: str = "gpg") -> None:
+    """Stop the gpg-agent (and scdaemon...) running for ``home``: gpg leaves the one it starts
+    running after the desk exits, holding the officer's unlocked key until its cache expires.
+    gpg starts a new one when needed."""
+    sibling = Path(gpg_binary).with_name("gpgconf")  # the gpgconf of that gpg, if it has one
+    gpgconf = str(sibling) if os.sep in gpg_binary and sibling.exists() else "gpgconf"
+    if home.is_dir():
+        try:
+            subprocess.run([gpgconf, "--homedir", str(home), "--kill", "all"],
+                           capture_output=True, check=False, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # nothing to stop with, or it hangs: stopping must not fail the shutdown
+
+
+# Homes not closed yet: stopped at exit as a backstop (a desk that failed to start, say).
+_homes_in_use: set[tuple[Path, str]] = set()
+
+
+@atexit.register
+def _stop_agents_at_exit() -> None:
+    while _homes_in_use:
+        home, gpg_binary = _homes_in_use.pop()
+        stop_agents(home, gpg_binary=gpg_binary)
+
+
 class DeskCrypto:
     def __init__(self, home: Path, *, gpg_binary: str = "gpg") -> None:
         if not home.is_dir():
@@ -32,6 +59,12 @@ class DeskCrypto:
         self.gpg_binary = gpg_binary
         self._gpg = gnupg.GPG(gnupghome=str(home), gpgbinary=gpg_binary)
         self._gpg.encoding = "utf-8"
+        _homes_in_use.add((home, gpg_binary))
+
+    def close(self) -> None:
+        """Stop the agent of the officer's home; called when the desk stops."""
+        _homes_in_use.discard((self.home, self.gpg_binary))
+        stop_agents(self.home, gpg_binary=self.gpg_binary)
 
     def check(self) -> set[str]:
         """Fail closed at start-up: the home must hold at least one private key (or a
