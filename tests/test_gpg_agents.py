@@ -18,7 +18,9 @@ from pathlib import Path
 import httpx
 import pyotp
 
-from cpcp.services import CoreServices
+from cpcp.pgp import Keyring
+from cpcp.services import build_core
+from journalist_app.desk.crypto import DeskCrypto
 
 from .conftest import ROOT, Deployment, stop_gpg_agents
 from .servers import AGENT, begin, desk_login_and_sync, send, start_desk, start_server
@@ -57,13 +59,22 @@ def own_officer_home(officer_gnupg: Path, where: Path) -> Path:
     return home
 
 
-async def test_source_app_gateway_and_desk_stop_their_agents(
-    deployment: Deployment, core: CoreServices, officer_gnupg: Path
-) -> None:
-    totp = pyotp.TOTP(await core.officer_auth.enrol("officer-a", PASSPHRASE))
+async def enrol(deployment: Deployment) -> pyotp.TOTP:
+    """officer-a's TOTP, with a core of this test process that is closed again (a keyring left
+    open here would count as a program still using the server's homes)."""
+    core = build_core(deployment.settings)
+    try:
+        return pyotp.TOTP(await core.officer_auth.enrol("officer-a", PASSPHRASE))
+    finally:
+        await core.close()
+
+
+async def test_source_app_gateway_and_desk_stop_their_agents(deployment: Deployment, officer_gnupg: Path) -> None:
+    totp = await enrol(deployment)
     home = own_officer_home(officer_gnupg, deployment.root)
     stop_gpg_agents(deployment.root)  # what this test process started in setting up
     assert agents_for(deployment.root) == {}
+    server_homes = {str(deployment.settings.gnupg_home / "sources"), str(deployment.settings.gnupg_home / "officers")}
 
     source = start_server(deployment, app="source")
     gateway = start_server(deployment, app="gateway")
@@ -80,16 +91,46 @@ async def test_source_app_gateway_and_desk_stop_their_agents(
             assert case
             assert "agent check" in (await browser.get(f"/cases/{case.group(1)}")).text
         # The positive control: the programs did start agents, for the server's and the desk's homes.
-        running = set(agents_for(deployment.root).values())
-        assert str(home) in running
-        assert {str(deployment.settings.gnupg_home / "sources"),
-                str(deployment.settings.gnupg_home / "officers")} <= running
+        assert {str(home), *server_homes} <= set(agents_for(deployment.root).values())
+
+        desk.stop()
+        assert str(home) not in agents_for(deployment.root).values()
+        # The gateway shares the server's homes with the source app, which still runs: the
+        # agents stay, and a new source's key is still made.
+        gateway.stop()
+        assert server_homes <= set(agents_for(deployment.root).values())
+        async with httpx.AsyncClient(base_url=source.url, timeout=60, headers={"User-Agent": AGENT}) as src:
+            await begin(src)
     finally:
         for srv in (desk, gateway, source):
             srv.stop()
     left = agents_for(deployment.root)
     stop_gpg_agents(deployment.root)
     assert left == {}, f"gpg-agent left running: {left}"
+
+
+def test_the_last_keyring_of_a_home_stops_its_agent(tmp_path: Path) -> None:
+    first, second = Keyring(tmp_path / "ring"), Keyring(tmp_path / "ring")
+    fpr = first.generate_key(passphrase="p" * 43, uid="agent check")  # the agent starts
+    [agent] = agents_for(tmp_path)
+    first.close()
+    assert list(agents_for(tmp_path)) == [agent]  # still used: key generation and decryption work
+    fpr2 = second.generate_key(passphrase="q" * 43, uid="agent check 2")
+    assert second.decrypt_bytes(second.encrypt_bytes(b"tip", [fpr, fpr2]), passphrase="q" * 43) == b"tip"
+    second.close()
+    assert agents_for(tmp_path) == {}
+    second.close()  # twice is harmless
+
+
+def test_the_last_desk_crypto_of_a_home_stops_its_agent(officer_gnupg: Path, tmp_path: Path) -> None:
+    home = own_officer_home(officer_gnupg, tmp_path)
+    first, second = DeskCrypto(home), DeskCrypto(home)
+    assert first.check()  # lists secret keys: the agent starts
+    [agent] = agents_for(tmp_path)
+    first.close()
+    assert list(agents_for(tmp_path)) == [agent]
+    second.close()
+    assert agents_for(tmp_path) == {}
 
 
 def test_cpcp_admin_stops_its_agents(deployment: Deployment) -> None:
