@@ -12,6 +12,7 @@ gpg's default zlib is ~10x slower than the encryption itself (1.2 s vs 11.6 s fo
 from __future__ import annotations
 
 import asyncio
+import atexit
 import datetime as dt
 import fcntl
 import os
@@ -43,6 +44,75 @@ _AGENT_CONF = (
     "s2k-count 65536\n"
 )
 _COMMON_ARGS = ("--batch", "--no-tty", "--quiet", "--yes", "--no-greeting", "--trust-model", "always")
+
+
+AGENT_USERS_FILE = ".cpcp-agent-users"
+
+
+def stop_agents(home: Path, *, gpg_binary: str = "gpg") -> None:
+    """Stop the gpg-agent (and any other GnuPG daemon) running for ``home``, whoever uses it:
+    :class:`AgentUse` calls it when no other program is using the home."""
+    sibling = Path(gpg_binary).with_name("gpgconf")  # the gpgconf of that gpg, if it has one
+    gpgconf = str(sibling) if os.sep in gpg_binary and sibling.exists() else "gpgconf"
+    if home.is_dir():
+        try:
+            subprocess.run([gpgconf, "--homedir", str(home), "--kill", "all"],
+                           capture_output=True, check=False, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # nothing to stop with, or it hangs: stopping must not fail the shutdown
+
+
+class AgentUse:
+    """This program's use of a GnuPG home, so that the last user stops its gpg-agent.
+
+    gpg starts an agent per home on first need and leaves it running after the program that
+    used it exits: every program must stop the ones it started, or a server's restarts and a
+    test run pile up hundreds. But the source app and the gateway share the server's homes, and
+    killing an agent breaks the other's key generation or decryption in flight. So each user
+    holds a shared flock on a file in the home (the kernel drops it if the process dies), and
+    on close the agent is stopped only if an exclusive lock can be had: nobody else is using
+    the home. While one is held, a new user's shared lock waits the moment it takes.
+    """
+
+    def __init__(self, home: Path, gpg_binary: str) -> None:
+        self.home = home
+        self.gpg_binary = gpg_binary
+        self._closed = False
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(home / AGENT_USERS_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+        except OSError:
+            pass  # a home we cannot write to: no count kept, close stops the agent regardless
+        _agent_uses.add(self)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        _agent_uses.discard(self)
+        fd, self._fd = self._fd, None
+        if fd is None:
+            stop_agents(self.home, gpg_binary=self.gpg_binary)
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another program (or keyring) still uses the home: the last one stops it
+            stop_agents(self.home, gpg_binary=self.gpg_binary)
+        finally:
+            os.close(fd)
+
+
+_agent_uses: set[AgentUse] = set()
+
+
+@atexit.register
+def _close_agent_uses_at_exit() -> None:
+    # The backstop for a Keyring nobody closed (cpcp-admin demo's workstation keyring, say).
+    while _agent_uses:
+        _agent_uses.pop().close()
 
 
 def _prepare_home(home: Path) -> None:
@@ -80,6 +150,12 @@ class Keyring:
         self.gpg_binary = gpg_binary
         self._gpg = gnupg.GPG(gnupghome=str(home), gpgbinary=gpg_binary)
         self._gpg.encoding = "utf-8"
+        self._agent = AgentUse(home, gpg_binary)
+
+    def close(self) -> None:
+        """Done with this home: its gpg-agent is stopped unless another program (or keyring)
+        still uses it (see AgentUse). Calling it again does nothing."""
+        self._agent.close()
 
     # -- keys -------------------------------------------------------------------------------
 

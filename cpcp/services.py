@@ -47,6 +47,8 @@ class CoreServices:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        for keyring in (self.officer_keys, self.source_keys):
+            await asyncio.to_thread(keyring.close)
 
 
 def build_core(settings: Settings) -> CoreServices:

@@ -202,12 +202,25 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         parts = key[len("CPCP_"):].lower().split("__")
         if parts[0] not in ours:
+            _refuse_one_underscore(key, parts[0])
             continue
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return out
+
+
+def _refuse_one_underscore(key: str, name: str) -> None:
+    """``CPCP_SOURCE_PORT`` for ``CPCP_SOURCE__PORT`` (the desk's are ``CPCP_DESK_PORT``, so the
+    slip is easy) would be ignored: the program, and scripts/status, would use another port
+    than the one the user set. A section's own field after one underscore is refused."""
+    for section in dataclasses.fields(Settings):
+        sub = _SECTIONS.get(str(section.type))
+        rest = name.removeprefix(section.name + "_")
+        if sub is not None and rest != name and rest in {f.name for f in dataclasses.fields(sub)}:
+            raise ConfigError(f"{key} is not a setting; [{section.name}] {rest} is "
+                              f"CPCP_{section.name.upper()}__{rest.upper()} (two underscores)")
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

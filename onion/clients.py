@@ -15,12 +15,18 @@ from __future__ import annotations
 import base64
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NewType
 
-from . import _x25519
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
 from .errors import BadClientName, UnknownClient, UnsafeKeyFile
 
 #: base32 of an x25519 private key: a secret that belongs on one officer workstation only.
@@ -47,10 +53,31 @@ class ClientKeyPair:
         return f"ClientKeyPair(name={self.name!r}, public={self.public!r})"
 
 
+def clamp(scalar: bytes) -> bytes:
+    """RFC 7748's decodeScalar25519 bit-fixing, as bytes. tor stores a client's private key
+    clamped (it clamps when it makes one), so the key printed for a workstation is clamped too;
+    X25519 clamps on use anyway, so the public key is the same either way."""
+    if len(scalar) != 32:
+        raise ValueError("an X25519 scalar has 32 bytes")
+    k = bytearray(scalar)
+    k[0] &= 248
+    k[31] &= 127
+    k[31] |= 64
+    return bytes(k)
+
+
+def public_key(private: bytes) -> bytes:
+    """The X25519 public key (32 bytes) of a 32-byte private key, by pyca/cryptography
+    (OpenSSL's constant-time X25519)."""
+    key = X25519PrivateKey.from_private_bytes(private)
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
 def generate_key_pair(name: str) -> ClientKeyPair:
     """A fresh x25519 key pair, both halves in tor's base32."""
-    private = _x25519.clamp(secrets.token_bytes(32))
-    return ClientKeyPair(name, b32(_x25519.public_key(private)), ClientPrivateKey(b32(private)))
+    raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    private = clamp(raw)
+    return ClientKeyPair(name, b32(public_key(private)), ClientPrivateKey(b32(private)))
 
 
 def check_name(name: str) -> str:

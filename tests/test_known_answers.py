@@ -6,11 +6,13 @@ HMAC label, the genesis value or a JSON separator passes every round-trip test, 
 upgrade it locks out every existing source or makes ``audit-verify`` report tampering on every
 existing log. These vectors were computed once (December 2026) and must never change; each is
 also recomputed here along an independent path (argon2's C context API checked against RFC 9106,
-HMAC and SHA-256 written out from hashlib), so a vector is not merely a snapshot of a bug.
+HMAC and SHA-256 written out from hashlib, onion client keys against RFC 7748), so a vector is
+not merely a snapshot of a bug.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -31,6 +33,7 @@ from cpcp.services import CoreServices
 from cpcp.settings import KdfSettings
 from cpcp.store import Store
 from journalist_app.desk.casebook import FileEntry, Message
+from onion.clients import ClientPrivateKey, auth_line, auth_private_line, b32, clamp, public_key
 
 from .conftest import gpg_decrypt
 from .schema import sessions_fixture  # noqa: F401 (the "sessions" fixture)
@@ -286,3 +289,23 @@ async def test_tip_document_is_the_format_the_desk_parses(core: CoreServices, of
     assert gpg_decrypt(officer_gnupg, core.store.read(docs[1].object_name)) == b"\xff\xd8" + b"j" * 118
     assert gpg_decrypt(officer_gnupg, core.store.read(docs[2].object_name)) == b"note"
     assert [d.size for d in docs] == [core.store.size(d.object_name) for d in docs]
+
+
+# --- onion client authorization keys ------------------------------------------------------------
+
+
+def test_client_auth_keys_are_rfc_7748_x25519_in_tors_base32() -> None:
+    """A workstation's ``.auth_private`` line and the server's ``.auth`` file outlive the code
+    that made them: X25519 keys (RFC 7748) in tor's base32. The vector is Alice's key pair of
+    RFC 7748 section 6.1 (private key clamped, as tor stores it)."""
+    alice = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    private = ClientPrivateKey(b32(clamp(alice)))
+    public = b32(public_key(clamp(alice)))
+    assert private == "OADW2CTTDCSX2PAWYFZFDMTGIXPUYL4H5PAJSKVRO752KHNZFRVA"
+    assert public == "QUQPACMJGCTVI5ELPXOLIPXXLIG36OQNEY4BV5HLUSUY5KU3JZVA"
+    # Independently: that base32 is the RFC's public key, in RFC 4648 base32 without padding.
+    rfc_public = bytes.fromhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+    assert base64.b32encode(rfc_public).decode().rstrip("=") == public
+    assert auth_line(public) == "descriptor:x25519:QUQPACMJGCTVI5ELPXOLIPXXLIG36OQNEY4BV5HLUSUY5KU3JZVA"
+    assert auth_private_line("a" * 56 + ".onion", private) == (
+        "a" * 56 + ":descriptor:x25519:OADW2CTTDCSX2PAWYFZFDMTGIXPUYL4H5PAJSKVRO752KHNZFRVA")

@@ -17,18 +17,20 @@ from pathlib import Path
 from typing import Self
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from cpcp.errors import ConfigError
 from cpcp.settings import load_settings
-from onion import _x25519
 from onion.cli import _print_addresses, _wait_published, http_answer, ssh_answer
 from onion.cli import main as onion_main
 from onion.clients import (
     SEAL_NAME,
     ClientRegistry,
     auth_private_line,
+    clamp,
     generate_key_pair,
     parse_client_lines,
+    public_key,
     workstation_instructions,
 )
 from onion.deployment import OnionDeployment, parse_torrc_fragment
@@ -62,27 +64,46 @@ def mode(path: Path) -> int:
 # --- x25519 client keys -------------------------------------------------------------------------
 
 
+def x25519(scalar: bytes, u: bytes) -> bytes:
+    """RFC 7748's X25519 function, through the library onion.clients uses."""
+    return X25519PrivateKey.from_private_bytes(scalar).exchange(X25519PublicKey.from_public_bytes(u))
+
+
 def test_x25519_matches_rfc_7748_vectors() -> None:
     h = bytes.fromhex
-    assert _x25519.x25519(
+    # Section 5.2: the function itself, then iterated (k, u = X25519(k, u), k).
+    assert x25519(
         h("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4"),
         h("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c"),
     ) == h("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552")
+    assert x25519(
+        h("4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d"),
+        h("e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493"),
+    ) == h("95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957")
+    k = u = (9).to_bytes(32, "little")
+    for i in range(1000):
+        k, u = x25519(k, u), k
+        if i == 0:
+            assert k == h("422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079")
+    assert k == h("684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51")
+    # Section 6.1: Diffie-Hellman; public_key is what onion.clients prints for tor.
     alice = h("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
     bob = h("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
-    assert _x25519.public_key(alice) == h("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
-    assert _x25519.public_key(bob) == h("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+    assert public_key(alice) == h("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+    assert public_key(bob) == h("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
     shared = h("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
-    assert _x25519.x25519(alice, _x25519.public_key(bob)) == shared
-    assert _x25519.x25519(bob, _x25519.public_key(alice)) == shared
+    assert x25519(alice, public_key(bob)) == shared
+    assert x25519(bob, public_key(alice)) == shared
+    # Clamping (as tor stores a private key) does not change the public key.
+    assert public_key(clamp(alice)) == public_key(alice)
 
 
 def test_client_key_pair_is_in_tors_format() -> None:
     pair = generate_key_pair("desk-1")
     assert B32_KEY.match(pair.public) and B32_KEY.match(pair.private)
     private = base64.b32decode(pair.private + "====")
-    assert private == _x25519.clamp(private)
-    assert base64.b32decode(pair.public + "====") == _x25519.public_key(private)
+    assert private == clamp(private)
+    assert base64.b32decode(pair.public + "====") == public_key(private)
     assert pair.private not in repr(pair)
     assert generate_key_pair("desk-1").private != pair.private
 

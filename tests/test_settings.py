@@ -36,6 +36,10 @@ def test_file_then_environment(tmp_path: Path) -> None:
         (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\nbogus = 1\n', {}, "unknown setting"),
         (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n', {"CPCP_SOURCE__PORT": "x"}, "source.port"),
         (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n', {"CPCP_SOURCE__PROT": "1"}, "source.prot"),
+        # One underscore where two belong: refused, not silently ignored.
+        (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n', {"CPCP_SOURCE_PORT": "1"}, "CPCP_SOURCE__PORT"),
+        (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n', {"CPCP_GATEWAY_PORT": "1"}, "CPCP_GATEWAY__PORT"),
+        (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n', {"CPCP_KDF_TIME_COST": "9"}, "CPCP_KDF__TIME_COST"),
         (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\n', {"CPCP_DEFAULT_LOCALE": "fr"}, "default_locale"),
         ('data_dir = "d"\noversight_fingerprint = "abc"\n', {}, "40-hex"),
         (f'data_dir = "d"\noversight_fingerprint = "{FPR}"\ndatabase_url = "mysql://x"\n', {}, "database_url"),

@@ -7,6 +7,7 @@ they leave the workstation. It imports nothing of the server's code (a test chec
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import secrets
@@ -84,5 +85,6 @@ def create_app(settings: DeskSettings, *, gateway: GatewayClient | None = None,
         if own_gateway and desk.gateway is not None:
             await desk.gateway.aclose()
             desk.gateway = None
+        await asyncio.to_thread(crypto.close)
 
     return app

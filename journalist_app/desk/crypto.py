@@ -11,8 +11,11 @@ holds exactly the fingerprint the gateway pinned, and replies are encrypted with
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import fcntl
 import os
+import subprocess
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -24,6 +27,70 @@ CHUNK = 64 * 1024
 _ARGS = ("--batch", "--no-tty", "--quiet", "--no-greeting")
 
 
+def stop_agents(home: Path, *, gpg_binary: str = "gpg") -> None:
+    """Stop the gpg-agent (and scdaemon...) running for ``home``: gpg leaves the one it starts
+    running after the desk exits, holding the officer's unlocked key until its cache expires.
+    gpg starts a new one when needed."""
+    sibling = Path(gpg_binary).with_name("gpgconf")  # the gpgconf of that gpg, if it has one
+    gpgconf = str(sibling) if os.sep in gpg_binary and sibling.exists() else "gpgconf"
+    if home.is_dir():
+        try:
+            subprocess.run([gpgconf, "--homedir", str(home), "--kill", "all"],
+                           capture_output=True, check=False, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # nothing to stop with, or it hangs: stopping must not fail the shutdown
+
+
+AGENT_USERS_FILE = ".cpcp-agent-users"
+
+
+class AgentUse:
+    """The desk's use of the officer's GnuPG home: a shared flock on a file in it, so that the
+    agent is stopped on close only if no other desk process holds one (killing an agent breaks
+    the decryption another is doing). The same scheme as cpcp.pgp.AgentUse, which the desk may
+    not import."""
+
+    def __init__(self, home: Path, gpg_binary: str) -> None:
+        self.home = home
+        self.gpg_binary = gpg_binary
+        self._closed = False
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(home / AGENT_USERS_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+        except OSError:
+            pass  # a home we cannot write to: no count kept, close stops the agent regardless
+        _agent_uses.add(self)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        _agent_uses.discard(self)
+        fd, self._fd = self._fd, None
+        if fd is None:
+            stop_agents(self.home, gpg_binary=self.gpg_binary)
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # still in use elsewhere: the last user stops it
+            stop_agents(self.home, gpg_binary=self.gpg_binary)
+        finally:
+            os.close(fd)
+
+
+_agent_uses: set[AgentUse] = set()
+
+
+@atexit.register
+def _close_agent_uses_at_exit() -> None:
+    # The backstop for a desk that did not get to close its crypto (it failed to start, say).
+    while _agent_uses:
+        _agent_uses.pop().close()
+
+
 class DeskCrypto:
     def __init__(self, home: Path, *, gpg_binary: str = "gpg") -> None:
         if not home.is_dir():
@@ -32,6 +99,11 @@ class DeskCrypto:
         self.gpg_binary = gpg_binary
         self._gpg = gnupg.GPG(gnupghome=str(home), gpgbinary=gpg_binary)
         self._gpg.encoding = "utf-8"
+        self._agent = AgentUse(home, gpg_binary)
+
+    def close(self) -> None:
+        """Stop the agent of the officer's home (see AgentUse); called when the desk stops."""
+        self._agent.close()
 
     def check(self) -> set[str]:
         """Fail closed at start-up: the home must hold at least one private key (or a
