@@ -68,6 +68,13 @@ def encode_value(kind: TypeEngine[Any], value: Any) -> Any:
 
 def decode_value(kind: TypeEngine[Any], value: Any) -> Any:
     """The inverse of ``encode_value``; a value of the wrong JSON type is refused."""
+    try:
+        return _decode(kind, value)
+    except ValueError as exc:  # a malformed time or date, an unknown enum value
+        raise DumpError(f"{value!r} cannot be a {kind!r}: {exc}") from exc
+
+
+def _decode(kind: TypeEngine[Any], value: Any) -> Any:
     if value is None:
         return None
     expected: type | tuple[type, ...]
@@ -123,6 +130,12 @@ class DumpResult:
     audit_head: str | None = None
 
 
+def encode_row(table: Table, row: Sequence[Any]) -> bytes:
+    """One row of ``table`` (values in column order) as its line of a chunk."""
+    values = [encode_value(c.type, v) for c, v in zip(table.columns, row, strict=True)]
+    return json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
 def _header(table: Table) -> bytes:
     return json.dumps({"table": table.name, "columns": [c.name for c in table.columns]},
                       separators=(",", ":")).encode() + b"\n"
@@ -149,7 +162,6 @@ async def dump(engine: AsyncEngine, result: DumpResult) -> AsyncGenerator[Chunk,
         for table in tables():
             if table.name in NOT_BACKED_UP:
                 continue
-            types = [c.type for c in table.columns]
             names = [c.name for c in table.columns]
             where_object = names.index("object_name") if "object_name" in names else None
             order = list(table.primary_key.columns)
@@ -158,13 +170,12 @@ async def dump(engine: AsyncEngine, result: DumpResult) -> AsyncGenerator[Chunk,
             result.rows[table.name] = 0
             rows = await conn.stream(select(table).order_by(*order))
             async for row in rows:
-                values = [encode_value(k, v) for k, v in zip(types, row, strict=True)]
                 if where_object is not None and row[where_object] is not None:
                     result.object_names.add(row[where_object])
                 if table.name == "audit_log":
                     result.audit_entries += 1
                     result.audit_head = row[names.index("entry_hash")]
-                body += json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+                body += encode_row(table, row)
                 count += 1
                 if len(body) >= CHUNK_BYTES:
                     yield Chunk(table.name, bytes(body), count)
@@ -196,7 +207,10 @@ def parse_chunk(lines: Iterable[bytes]) -> tuple[Table, list[dict[str, Any]]]:
     for line in it:
         if not line.strip():
             continue
-        values = json.loads(line)
+        try:
+            values = json.loads(line)
+        except ValueError as exc:
+            raise DumpError(f"table {table.name}: a row is not JSON") from exc
         if not isinstance(values, list) or len(values) != len(columns):
             raise DumpError(f"table {table.name}: a row does not have {len(columns)} values")
         rows.append({n: decode_value(k, v) for n, k, v in zip(columns, types, values, strict=True)})

@@ -32,7 +32,7 @@ from sqlalchemy import select
 
 from .backup import FORMAT, READ_CHUNK, STAGING_PREFIX, VERSION
 from .db import make_engine
-from .dbdump import clear, count_rows, insert, parse_chunk, reset_sequences
+from .dbdump import DumpError, clear, count_rows, insert, parse_chunk, reset_sequences
 from .errors import CPCPError, KeyProblem
 from .migrate import alembic_config, upgrade
 from .models import Source
@@ -197,7 +197,10 @@ def check_rows(staging: Path, manifest: dict[str, Any]) -> int:
     anything of the deployment changes; the row count. Blocking."""
     counted: dict[str, int] = {}
     for path in _chunks(staging):
-        table, rows = parse_chunk(_chunk_lines(path))
+        try:
+            table, rows = parse_chunk(_chunk_lines(path))
+        except DumpError as exc:
+            raise RestoreError(f"{path.name}: {exc}") from exc
         counted[table.name] = counted.get(table.name, 0) + len(rows)
     if counted != manifest.get("rows"):
         raise RestoreError(f"row counts {counted} differ from the manifest's {manifest.get('rows')}")
