@@ -134,19 +134,26 @@ def run_backup(settings: Settings, dest: Path) -> int:
     return 0
 
 
-def run_restore(settings: Settings, source: str) -> int:
-    from .restore import restore
+def run_restore(settings: Settings, source: str, *, drill: bool = False) -> int:
+    from . import restore as restoring
 
+    work = restoring.drill if drill else restoring.restore
     if source == "-":
-        report = asyncio.run(restore(settings, sys.stdin.buffer))
+        report = asyncio.run(work(settings, sys.stdin.buffer))
     else:
         try:
             with open(source, "rb") as fh:
-                report = asyncio.run(restore(settings, fh))
+                report = asyncio.run(work(settings, fh))
         except FileNotFoundError as exc:
             raise CPCPError(f"{source} does not exist") from exc
-    print(f"restored the backup of {report.created_at}: {report.rows} rows, {report.objects} store objects")
-    print(f"audit log intact: {report.audit_entries} entries (the restore is the last), head {report.audit_head}")
+    if drill:
+        print(f"restore drill passed: the backup of {report.created_at} restored ({report.rows} rows, "
+              f"{report.objects} store objects), its audit log and reply keys checked; "
+              "the trial deployment is deleted")
+    else:
+        print(f"restored the backup of {report.created_at}: {report.rows} rows, {report.objects} store objects")
+        print(f"audit log intact: {report.audit_entries} entries (the restore is the last), "
+              f"head {report.audit_head}")
     if report.key_problem:
         print(f"warning: {report.key_problem}; fix the keys, then 'cpcp-admin deploy'")
         return 1
@@ -180,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     restore = sub.add_parser("restore", help="restore a decrypted backup into a fresh deployment")
     restore.add_argument("file", help="the decrypted archive, or - to read it from stdin "
                          "(gpg --decrypt FILE | cpcp-admin restore -)")
+    drill = sub.add_parser("restore-drill", help="restore a decrypted backup into a throwaway "
+                           "deployment, check it, delete it (the live one is untouched)")
+    drill.add_argument("file", help="the decrypted archive, or - for stdin")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -211,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_backup(settings, args.file)
         elif args.command == "restore":
             return run_restore(settings, args.file)
+        elif args.command == "restore-drill":
+            return run_restore(settings, args.file, drill=True)
         elif args.command == "event-close":
             if not asyncio.run(_with_core(settings, lambda core: _close_event(core, args.event_id))):
                 raise CPCPError(f"no event {args.event_id}")

@@ -15,6 +15,7 @@ either holds the backup's rows entirely or none of them (the rows commit last).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -290,6 +291,22 @@ async def restore(settings: Settings, stream: IO[bytes]) -> RestoreReport:
     finally:
         await asyncio.to_thread(shutil.rmtree, staging, True)
     return await _after(settings, manifest, rows)
+
+
+async def drill(settings: Settings, stream: IO[bytes]) -> RestoreReport:
+    """A restore drill: the backup restored into a throwaway SQLite deployment in a folder of
+    the data folder (0700; backups leave it out), checked as a real restore is, then deleted.
+    The live deployment is not touched, so a drill may run while the services do; it needs
+    as much free space as the backup's store."""
+    # Short: gpg-agent's socket lies in each GnuPG home, and a socket path has at most 107 bytes.
+    scratch = settings.data_dir / f"{STAGING_PREFIX}drill-{secrets.token_hex(4)}"
+    scratch.mkdir(mode=0o700, parents=True)
+    try:
+        trial = dataclasses.replace(settings, data_dir=scratch,
+                                    database_url=f"sqlite+aiosqlite:///{scratch / 'drill.sqlite'}")
+        return await restore(trial, stream)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
 
 
 async def _after(settings: Settings, manifest: dict[str, Any], rows: int) -> RestoreReport:

@@ -10,9 +10,11 @@ import asyncio
 import io
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +28,19 @@ from cpcp.backup import BackupError, make_backup
 from cpcp.codenames import generate_codename
 from cpcp.errors import ConfigError, KeyProblem
 from cpcp.models import ApiToken, AuditEntry, Source
-from cpcp.restore import RestoreError, restore
+from cpcp.restore import RestoreError, drill, restore
 from cpcp.services import CoreServices, build_core
 from cpcp.settings import load_settings
 
-from .conftest import FPR, _postgres_admin_url, _psql, gpg_decrypt, gpg_encrypt, write_deployment
+from .conftest import (
+    FPR,
+    _postgres_admin_url,
+    _psql,
+    gpg_decrypt,
+    gpg_encrypt,
+    stop_gpg_agents,
+    write_deployment,
+)
 
 CANARY = "BACKUP-CANARY-" + secrets.token_hex(8)
 BACKUP_KEY = f"""
@@ -75,8 +85,20 @@ async def _server(root: Path, database_url: str) -> Server:
 
 
 @pytest.fixture
-def old_config(tmp_path: Path, database_url: str) -> Path:
-    return _init(tmp_path, database_url)  # the database_url fixture puts SQLite in tmp_path/data
+def short_tmp() -> Iterator[Path]:
+    """A folder with a short path: a restore drill's GnuPG homes lie deeper in the data folder,
+    and gpg-agent's socket path (inside each home) may not exceed 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="cpcp-", dir="/tmp"))
+    yield path
+    stop_gpg_agents(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def old_config(short_tmp: Path, database_url: str, db_kind: str) -> Path:
+    if db_kind == "sqlite":
+        database_url = f"sqlite+aiosqlite:///{short_tmp / 'data' / 'cpcp.sqlite'}"
+    return _init(short_tmp, database_url)
 
 
 @pytest.fixture
@@ -228,6 +250,25 @@ async def test_a_snapshot_does_not_see_what_is_written_while_it_is_read(old: Ser
     assert result.rows["audit_log"] == 1
 
 
+async def test_a_restore_drill_checks_a_backup_and_leaves_the_live_deployment_alone(
+        old: Server, officer_gnupg: Path) -> None:
+    """On PostgreSQL this is also a PostgreSQL backup restored into SQLite (the drill's)."""
+    await journey(old.core, officer_gnupg)
+    await make_backup(old.core.settings, old.root / "b.gpg")
+    archive = decrypt(officer_gnupg, old.root / "b.gpg")
+    before = await old.core.audit.verify()
+    secrets_before = old.core.settings.secrets_file.read_bytes()
+    report = await drill(old.core.settings, io.BytesIO(archive))
+    assert report.objects == 4 and report.key_problem is None
+    assert report.audit_entries == before.entries + 1  # the trial's own entry, in the trial
+    assert await old.core.audit.verify() == before
+    assert old.core.settings.secrets_file.read_bytes() == secrets_before
+    assert not list(old.core.settings.data_dir.glob(".restore-*"))
+    with pytest.raises(RestoreError, match="cut short|damaged"):
+        await drill(old.core.settings, io.BytesIO(archive[:len(archive) // 2]))
+    assert not list(old.core.settings.data_dir.glob(".restore-*"))
+
+
 async def test_restore_refuses_a_deployment_that_holds_data(old: Server, new: Server,
                                                             officer_gnupg: Path) -> None:
     await journey(old.core, officer_gnupg)
@@ -306,6 +347,12 @@ async def test_the_admin_backs_up_and_restores_through_a_pipe(old: Server, new: 
                           capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"backup written: {dest}") and "4 store objects" in done.stdout
+    trial = (f"gpg --homedir {officer_gnupg} --batch --quiet --decrypt {dest} | "
+             f"{sys.executable} -m cpcp.admin --config {old.config} restore-drill -")
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", trial], capture_output=True, text=True,
+                          check=False, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("restore drill passed") and "4 store objects" in done.stdout
     pipe = (f"gpg --homedir {officer_gnupg} --batch --quiet --decrypt {dest} | "
             f"{sys.executable} -m cpcp.admin --config {new.config} restore -")
     done = subprocess.run(["bash", "-o", "pipefail", "-c", pipe], capture_output=True, text=True, check=False,
