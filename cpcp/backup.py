@@ -176,6 +176,9 @@ async def make_backup(settings: Settings, dest: Path, *, clock: Clock = _utcnow)
     started = time.monotonic()
     if dest.exists():
         raise BackupError(f"{dest} exists already; backups are never overwritten")
+    if dest.resolve().is_relative_to(settings.data_dir.resolve()):
+        raise BackupError(f"{dest} is in the data folder: the next backup would hold this one; "
+                          "keep backups elsewhere (and a copy off the server)")
     ring, fpr = await asyncio.to_thread(backup_keyring, settings)
     store = Store(settings.store_dir)
     engine = make_engine(settings.database_url)

@@ -321,6 +321,9 @@ async def test_a_backup_needs_its_pinned_key_and_never_overwrites(old: Server, t
     with pytest.raises(KeyProblem, match="backup key: no public key"):
         await make_backup(wrong, tmp_path / "x.gpg")
     assert not list(tmp_path.glob("*x.gpg*"))
+    with pytest.raises(BackupError, match="in the data folder"):
+        await make_backup(settings, settings.data_dir / "x.gpg")
+    assert not list(settings.data_dir.glob("*x.gpg*"))
     (tmp_path / "there.gpg").write_bytes(b"an older backup")
     with pytest.raises(BackupError, match="never overwritten"):
         await make_backup(settings, tmp_path / "there.gpg")
