@@ -125,7 +125,8 @@ class ArchiveWriter:
         await self._sink.write(b"\0" * (2 * BLOCK))
 
 
-def _sqlite_files(settings: Settings) -> set[Path]:
+def sqlite_files(settings: Settings) -> set[Path]:
+    """The SQLite database's files, when the database is SQLite."""
     url = make_url(settings.database_url)
     if url.get_backend_name() != "sqlite" or not url.database:
         return set()
@@ -138,7 +139,7 @@ def data_files(settings: Settings) -> list[tuple[str, Path]]:
     """The data folder's files a backup holds, as (archive name, path), in a stable order:
     regular files only (no gpg-agent sockets), no lock files, nothing under SKIPPED_DIRS."""
     root = settings.data_dir.resolve()
-    skip = _sqlite_files(settings)
+    skip = sqlite_files(settings)
     found: list[tuple[str, Path]] = []
     for folder, dirs, files in os.walk(root):
         here = Path(folder)

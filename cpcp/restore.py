@@ -25,13 +25,14 @@ import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from alembic.script import ScriptDirectory
 from sqlalchemy import select
 
-from .backup import FORMAT, READ_CHUNK, STAGING_PREFIX, VERSION
+from .backup import FORMAT, READ_CHUNK, STAGING_PREFIX, VERSION, sqlite_files
 from .db import make_engine
 from .dbdump import DumpError, clear, count_rows, insert, parse_chunk, reset_sequences
 from .errors import CPCPError, KeyProblem
@@ -240,15 +241,19 @@ def _settle(path: Path, owner: tuple[int, int] | None) -> None:
                 os.chown(Path(folder) / name, *owner)
 
 
-def move_into_place(staging: Path, data_dir: Path) -> None:
-    """Staged files replace the data folder's (a restored store object joins the store).
-    Blocking."""
+def move_into_place(staging: Path, data_dir: Path, *, keep: frozenset[Path] = frozenset()) -> None:
+    """Staged files replace the data folder's (a restored store object joins the store);
+    ``keep`` (this deployment's SQLite files) are never replaced. Blocking."""
     owner = _owner_of(data_dir)
     staged = staging / "data"
     replaced = staging / "replaced"
     replaced.mkdir(mode=0o700, exist_ok=True)
     if not staged.is_dir():
         return
+    for entry in staged.iterdir():
+        if any(k == data_dir / entry.name or k.is_relative_to(data_dir / entry.name) for k in keep):
+            raise RestoreError(f"the backup's data/{entry.name} would replace this deployment's "
+                               "SQLite database")
     _settle(staged, owner)
     for entry in sorted(staged.iterdir()):
         target = data_dir / entry.name
@@ -286,7 +291,8 @@ async def restore(settings: Settings, stream: IO[bytes]) -> RestoreReport:
         rows = await asyncio.to_thread(check_rows, staging, manifest)
         # Files first, rows last: until the rows commit the deployment still counts as empty,
         # so an interrupted restore can simply be run again.
-        await asyncio.to_thread(move_into_place, staging, data_dir)
+        keep = frozenset(p.resolve() for p in sqlite_files(settings))
+        await asyncio.to_thread(partial(move_into_place, staging, data_dir.resolve(), keep=keep))
         await _load(settings.database_url, staging)
     finally:
         await asyncio.to_thread(shutil.rmtree, staging, True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import secrets
 import shutil
@@ -393,3 +394,78 @@ async def test_a_sqlite_server_restores_into_postgresql(tmp_path: Path, officer_
         await new.core.close()
         _psql(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
+
+
+def _tar(members: list[tuple[str, bytes]], *, link: str | None = None) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if link:
+            info = tarfile.TarInfo("data/gnupg/sources/pubring.kbx")
+            info.type, info.linkname = tarfile.SYMTYPE, link
+            tar.addfile(info)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name", ["data/../../escaped", "/etc/escaped", "data/store/../../escaped",
+                                  "database/../escaped", "escaped", "data/tor/torrc"])
+def test_an_archive_member_outside_its_place_is_refused(tmp_path: Path, name: str) -> None:
+    from cpcp.restore import stage
+
+    fmt = json.dumps({"format": "cpcp-backup", "version": 1, "schema_revision": _head()}).encode()
+    staging = tmp_path / "a" / "b" / "staging"
+    staging.mkdir(parents=True)
+    with pytest.raises(RestoreError, match="refusing archive member"):
+        stage(io.BytesIO(_tar([("FORMAT.json", fmt), (name, b"x")])), staging)
+    assert not list(tmp_path.rglob("escaped")) and not list(tmp_path.rglob("torrc"))
+
+
+def test_a_link_in_the_archive_is_refused(tmp_path: Path) -> None:
+    from cpcp.restore import stage
+
+    fmt = json.dumps({"format": "cpcp-backup", "version": 1, "schema_revision": _head()}).encode()
+    with pytest.raises(RestoreError, match="not a regular file"):
+        stage(io.BytesIO(_tar([("FORMAT.json", fmt)], link="/etc/shadow")), tmp_path)
+
+
+def test_a_backup_of_another_schema_or_format_is_refused_at_its_first_member(tmp_path: Path) -> None:
+    from cpcp.restore import stage
+
+    for fmt, why in (({"format": "cpcp-backup", "version": 1, "schema_revision": "0001"}, "schema is 0001"),
+                     ({"format": "cpcp-backup", "version": 2, "schema_revision": _head()}, "version 2"),
+                     ({"format": "tarball"}, "not a CPCP backup")):
+        staging = tmp_path / secrets.token_hex(4)
+        staging.mkdir()
+        with pytest.raises(RestoreError, match=why):
+            stage(io.BytesIO(_tar([("FORMAT.json", json.dumps(fmt).encode())])), staging)
+    with pytest.raises(RestoreError, match="no FORMAT.json first"):
+        stage(io.BytesIO(_tar([("data/secrets.json", b"{}")])), tmp_path / secrets.token_hex(4))
+
+
+def test_a_restore_never_replaces_the_deployments_own_sqlite_file(tmp_path: Path) -> None:
+    from cpcp.restore import move_into_place
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cpcp.sqlite").write_bytes(b"the live database")
+    staged = tmp_path / "staging" / "data"
+    staged.mkdir(parents=True)
+    (staged / "cpcp.sqlite").write_bytes(b"a stale file from the backup")
+    (staged / "secrets.json").write_bytes(b"{}")
+    with pytest.raises(RestoreError, match="SQLite database"):
+        move_into_place(tmp_path / "staging", data, keep=frozenset({data / "cpcp.sqlite"}))
+    assert (data / "cpcp.sqlite").read_bytes() == b"the live database"
+    assert not (data / "secrets.json").exists()
+
+
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    from cpcp.migrate import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return head
