@@ -125,6 +125,19 @@ class ArchiveWriter:
         await self._sink.write(b"\0" * (2 * BLOCK))
 
 
+def require_owner(data_dir: Path) -> None:
+    """Backup and restore run as the data folder's owner (the services' user), never as root
+    in another user's folder: gpg started there as root would leave root's gpg-agent sockets
+    and files in the services' GnuPG homes, which they then could not use."""
+    try:
+        owner = data_dir.stat().st_uid
+    except FileNotFoundError:
+        return
+    if os.geteuid() == 0 and owner != 0:
+        raise ConfigError(f"{data_dir} belongs to uid {owner}: run this as that user "
+                          "(sudo -u cpcp ...), not as root")
+
+
 def sqlite_files(settings: Settings) -> set[Path]:
     """The SQLite database's files, when the database is SQLite."""
     url = make_url(settings.database_url)
@@ -175,6 +188,7 @@ def backup_keyring(settings: Settings) -> tuple[Keyring, str]:
 async def make_backup(settings: Settings, dest: Path, *, clock: Clock = _utcnow) -> BackupReport:
     """Write the backup to ``dest`` (a new file, 0600) or raise and leave nothing there."""
     started = time.monotonic()
+    require_owner(settings.data_dir)
     if dest.exists():
         raise BackupError(f"{dest} exists already; backups are never overwritten")
     if dest.resolve().is_relative_to(settings.data_dir.resolve()):

@@ -32,7 +32,7 @@ from typing import IO, Any
 from alembic.script import ScriptDirectory
 from sqlalchemy import select
 
-from .backup import FORMAT, READ_CHUNK, STAGING_PREFIX, VERSION, sqlite_files
+from .backup import FORMAT, READ_CHUNK, STAGING_PREFIX, VERSION, require_owner, sqlite_files
 from .db import make_engine
 from .dbdump import DumpError, clear, count_rows, insert, parse_chunk, reset_sequences
 from .errors import CPCPError, KeyProblem
@@ -224,27 +224,16 @@ async def _load(database_url: str, staging: Path) -> None:
         await engine.dispose()
 
 
-def _owner_of(path: Path) -> tuple[int, int] | None:
-    """Run as root for a data folder the services' user owns: what restored files get."""
-    st = path.stat()
-    return (st.st_uid, st.st_gid) if os.geteuid() == 0 and st.st_uid != 0 else None
-
-
-def _settle(path: Path, owner: tuple[int, int] | None) -> None:
+def _settle(path: Path) -> None:
     for folder, _dirs, files in os.walk(path):
         os.chmod(folder, 0o700)
-        if owner:
-            os.chown(folder, *owner)
         for name in files:
             os.chmod(Path(folder) / name, 0o600)
-            if owner:
-                os.chown(Path(folder) / name, *owner)
 
 
 def move_into_place(staging: Path, data_dir: Path, *, keep: frozenset[Path] = frozenset()) -> None:
     """Staged files replace the data folder's (a restored store object joins the store);
     ``keep`` (this deployment's SQLite files) are never replaced. Blocking."""
-    owner = _owner_of(data_dir)
     staged = staging / "data"
     replaced = staging / "replaced"
     replaced.mkdir(mode=0o700, exist_ok=True)
@@ -254,15 +243,13 @@ def move_into_place(staging: Path, data_dir: Path, *, keep: frozenset[Path] = fr
         if any(k == data_dir / entry.name or k.is_relative_to(data_dir / entry.name) for k in keep):
             raise RestoreError(f"the backup's data/{entry.name} would replace this deployment's "
                                "SQLite database")
-    _settle(staged, owner)
+    _settle(staged)
     for entry in sorted(staged.iterdir()):
         target = data_dir / entry.name
         if entry.name == "store":
             target.mkdir(mode=0o700, exist_ok=True)
             for case in sorted(entry.iterdir()):
                 (target / case.name).mkdir(mode=0o700, exist_ok=True)
-                if owner:
-                    os.chown(target / case.name, *owner)
                 for obj in case.iterdir():
                     os.replace(obj, target / case.name / obj.name)
             continue
@@ -279,6 +266,7 @@ def move_into_place(staging: Path, data_dir: Path, *, keep: frozenset[Path] = fr
 async def restore(settings: Settings, stream: IO[bytes]) -> RestoreReport:
     """Restore the decrypted archive read from ``stream`` into the deployment of ``settings``."""
     data_dir: Path = settings.data_dir
+    require_owner(data_dir)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     await asyncio.to_thread(upgrade, settings.database_url)  # an empty database gets the schema
     await _require_empty(settings.database_url)

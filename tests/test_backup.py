@@ -469,3 +469,22 @@ def _head() -> str:
     head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     assert head is not None
     return head
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can be in another user's folder")
+async def test_root_is_sent_to_the_data_folders_owner(old: Server, new: Server, db_kind: str) -> None:
+    """gpg run as root in the services' GnuPG homes would leave root's agent sockets there."""
+    if db_kind != "sqlite":
+        pytest.skip("ownership of files does not depend on the database")
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    for server in (old, new):
+        os.chown(server.core.settings.data_dir, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(ConfigError, match="run this as that user"):
+        await make_backup(old.core.settings, old.root / "c.gpg")
+    assert not list(old.root.glob("*c.gpg*"))
+    secrets_before = new.core.settings.secrets_file.read_bytes()
+    with pytest.raises(ConfigError, match="run this as that user"):
+        await restore(new.core.settings, io.BytesIO(b"never read"))
+    assert new.core.settings.secrets_file.read_bytes() == secrets_before
