@@ -24,6 +24,7 @@ Bearer tokens are not kept: after a restore officers log in again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -31,7 +32,6 @@ import os
 import tarfile
 import time
 from collections.abc import Callable
-from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from .store import Store
 
 FORMAT = "cpcp-backup"
 VERSION = 1
-READ_CHUNK = 1024 * 1024
+READ_CHUNK = 4 * 1024 * 1024
 BLOCK = 512
 # Never copied: what tor rebuilds, logs, the store (its referenced objects are copied by name).
 SKIPPED_DIRS = frozenset({"store", "tor", "logs"})
@@ -110,13 +110,28 @@ class ArchiveWriter:
             size = os.fstat(fh.fileno()).st_size
             await self._sink.write(self._info(name, size))
             digest, left = hashlib.sha256(), size
-            while left:
-                chunk = await asyncio.to_thread(fh.read, min(READ_CHUNK, left))
-                if not chunk:
-                    raise BackupError(f"{path} shrank while it was copied; run the backup again")
-                digest.update(chunk)
-                await self._sink.write(chunk)
-                left -= len(chunk)
+
+            def read_and_hash(n: int) -> bytes:
+                chunk = fh.read(n)
+                digest.update(chunk)  # hashlib lets go of the GIL for large chunks
+                return chunk
+
+            # The next chunk is read and hashed while gpg takes this one.
+            ahead = asyncio.ensure_future(asyncio.to_thread(read_and_hash, min(READ_CHUNK, left)))
+            try:
+                while left:
+                    chunk = await ahead
+                    if not chunk:
+                        raise BackupError(f"{path} shrank while it was copied; run the backup again")
+                    left -= len(chunk)
+                    if left:
+                        ahead = asyncio.ensure_future(
+                            asyncio.to_thread(read_and_hash, min(READ_CHUNK, left)))
+                    await self._sink.write(chunk)
+            finally:
+                if not ahead.done():  # gpg failed while a read was under way
+                    with contextlib.suppress(Exception):
+                        await ahead
         await self._pad(size)
         self.members[name] = {"size": size, "sha256": digest.hexdigest()}
         return size
@@ -211,7 +226,7 @@ async def make_backup(settings: Settings, dest: Path, *, clock: Clock = _utcnow)
              "created_at": created.isoformat()}, sort_keys=True).encode())
         result = DumpResult(rows={}, object_names=set())
         number = 0
-        async with aclosing(dump(engine, result)) as chunks:
+        async with contextlib.aclosing(dump(engine, result)) as chunks:
             async for chunk in chunks:
                 number += 1
                 await archive.add_bytes(f"database/{number:05d}-{chunk.table}.jsonl", chunk.body)
