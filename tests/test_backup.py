@@ -488,3 +488,41 @@ async def test_root_is_sent_to_the_data_folders_owner(old: Server, new: Server, 
     with pytest.raises(ConfigError, match="run this as that user"):
         await restore(new.core.settings, io.BytesIO(b"never read"))
     assert new.core.settings.secrets_file.read_bytes() == secrets_before
+
+
+async def test_the_archive_format_is_known(old: Server, officer_gnupg: Path, db_kind: str) -> None:
+    """Known answer for what a restore reads first, and the members' neutral tar headers."""
+    import datetime as dt
+
+    if db_kind != "sqlite":
+        pytest.skip("the archive format does not depend on the database")
+    j = await journey(old.core, officer_gnupg)
+    # An object no row refers to (an upload in flight, a leftover) stays out of the backup.
+    old.core.store.write_bytes(b"orphan", case_public_id="00000000-0000-4000-8000-000000000000", role="file")
+    made = dt.datetime(2026, 12, 2, 6, 0, 30, 123456, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))
+    report = await make_backup(old.core.settings, old.root / "b.gpg", clock=lambda: made)
+    assert report.objects == 4
+    archive = decrypt(officer_gnupg, old.root / "b.gpg")
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r|") as tar:
+        infos = []
+        for info in tar:
+            body = tar.extractfile(info).read()  # type: ignore[union-attr]
+            infos.append((info, body))
+    first, body = infos[0]
+    assert first.name == "FORMAT.json"
+    assert body == (b'{"created_at": "2026-12-02T00:30:30+00:00", "format": "cpcp-backup", '
+                    b'"schema_revision": "' + _head().encode() + b'", "version": 1}')
+    assert {(i.mode, i.uid, i.gid, i.uname, i.gname, i.mtime) for i, _ in infos} == {
+        (0o600, 0, 0, "", "", int(made.timestamp()))}
+    names = [i.name for i, _ in infos]
+    tables = [n for n in names if n.startswith("database/")]
+    assert tables[:3] == ["database/00001-events.jsonl", "database/00002-officers.jsonl",
+                          "database/00003-sources.jsonl"]
+    assert "database/00004-api_tokens.jsonl" not in names and not any("api_tokens" in n for n in names)
+    assert not any("00000000-0000-4000-8000-000000000000" in n for n in names)
+    manifest = json.loads(infos[-1][1])
+    assert infos[-1][0].name == "MANIFEST.json"
+    assert set(manifest) == {"audit", "created_at", "database", "format", "members", "objects", "rows",
+                             "schema_revision", "version"}
+    assert manifest["rows"]["sources"] == 1 and manifest["rows"]["cases"] == 1 and j.case_id == 1
+    assert set(manifest["members"]) == set(names[:-1])
