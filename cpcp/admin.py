@@ -1,4 +1,5 @@
-"""``cpcp-admin``: initialise a deployment, load its units and keys, check it, make a demo."""
+"""``cpcp-admin``: initialise a deployment, load its units and keys, check it, back it up and
+restore it, make a demo."""
 
 from __future__ import annotations
 
