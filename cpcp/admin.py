@@ -1,4 +1,5 @@
-"""``cpcp-admin``: initialise a deployment, load its units and keys, check it, make a demo."""
+"""``cpcp-admin``: initialise a deployment, load its units and keys, check it, back it up and
+restore it, make a demo."""
 
 from __future__ import annotations
 
@@ -191,6 +192,43 @@ async def _custodian_line(core: CoreServices) -> str:
     return f"contact details are sealed to {len(custodians)} custodian key(s)"
 
 
+def run_backup(settings: Settings, dest: Path) -> int:
+    from .backup import make_backup
+
+    report = asyncio.run(make_backup(settings, dest))
+    print(f"backup written: {report.path} ({report.size / 2**20:.1f} MiB, {report.rows} rows, "
+          f"{report.objects} store objects) in {report.seconds:.1f}s, encrypted to "
+          f"{settings.backup.fingerprint}")
+    print(f"audit log at backup time: {report.audit_entries} entries, head {report.audit_head}")
+    return 0
+
+
+def run_restore(settings: Settings, source: str, *, drill: bool = False) -> int:
+    from . import restore as restoring
+
+    work = restoring.drill if drill else restoring.restore
+    if source == "-":
+        report = asyncio.run(work(settings, sys.stdin.buffer))
+    else:
+        try:
+            with open(source, "rb") as fh:
+                report = asyncio.run(work(settings, fh))
+        except FileNotFoundError as exc:
+            raise CPCPError(f"{source} does not exist") from exc
+    if drill:
+        print(f"restore drill passed: the backup of {report.created_at} restored ({report.rows} rows, "
+              f"{report.objects} store objects), its audit log and reply keys checked; "
+              "the trial deployment is deleted")
+    else:
+        print(f"restored the backup of {report.created_at}: {report.rows} rows, {report.objects} store objects")
+        print(f"audit log intact: {report.audit_entries} entries (the restore is the last), "
+              f"head {report.audit_head}")
+    if report.key_problem:
+        print(f"warning: {report.key_problem}; fix the keys, then 'cpcp-admin deploy'")
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cpcp-admin", description=__doc__)
     parser.add_argument("--config", type=Path, help="cpcp.toml (default: $CPCP_CONFIG)")
@@ -215,6 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     event.add_argument("--ends", required=True, type=dt.date.fromisoformat, help="YYYY-MM-DD")
     close = sub.add_parser("event-close", help="stop offering an event for feedback")
     close.add_argument("event_id", type=int)
+    backup = sub.add_parser("backup", help="write the whole server to one file encrypted to the backup key")
+    backup.add_argument("file", type=Path, help="a new file, e.g. /var/backups/cpcp/cpcp-2026-12-02.gpg")
+    restore = sub.add_parser("restore", help="restore a decrypted backup into a fresh deployment")
+    restore.add_argument("file", help="the decrypted archive, or - to read it from stdin "
+                         "(gpg --decrypt FILE | cpcp-admin restore -)")
+    drill = sub.add_parser("restore-drill", help="restore a decrypted backup into a throwaway "
+                           "deployment, check it, delete it (the live one is untouched)")
+    drill.add_argument("file", help="the decrypted archive, or - for stdin")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -244,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise CPCPError("--ends is before --starts")
             event_id = asyncio.run(_with_core(settings, lambda core: _add_event(core, args)))
             print(f"event {event_id} added and open for feedback")
+        elif args.command == "backup":
+            return run_backup(settings, args.file)
+        elif args.command == "restore":
+            return run_restore(settings, args.file)
+        elif args.command == "restore-drill":
+            return run_restore(settings, args.file, drill=True)
         elif args.command == "event-close":
             if not asyncio.run(_with_core(settings, lambda core: _close_event(core, args.event_id))):
                 raise CPCPError(f"no event {args.event_id}")

@@ -103,6 +103,17 @@ class TorSettings:
 
 
 @dataclass(frozen=True)
+class BackupSettings:
+    """``cpcp-admin backup``: one file, encrypted to a backup key whose private half is kept off
+    the server (cpcp/backup.py). The backup holds the server secrets and the source onion's key,
+    so this is not the oversight key: whoever holds it can stand up the whole server."""
+
+    # The backup key's pinned fingerprint; empty: no backup can be made.
+    fingerprint: str = ""
+    key_file: str = "backup.asc"  # in keys_dir
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     database_url: str
@@ -119,6 +130,7 @@ class Settings:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     kdf: KdfSettings = field(default_factory=KdfSettings)
     tor: TorSettings = field(default_factory=TorSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
 
     @property
     def store_dir(self) -> Path:
@@ -188,6 +200,7 @@ _SECTIONS: dict[str, Any] = {
     "GatewaySettings": GatewaySettings,
     "KdfSettings": KdfSettings,
     "TorSettings": TorSettings,
+    "BackupSettings": BackupSettings,
 }
 
 
@@ -280,6 +293,9 @@ def validate(settings: Settings) -> Settings:
     fpr = settings.oversight_fingerprint
     if len(fpr) != 40 or any(c not in "0123456789ABCDEF" for c in fpr):
         raise ConfigError("oversight_fingerprint must be a 40-hex-digit upper-case fingerprint")
+    backup = settings.backup.fingerprint
+    if backup and (len(backup) != 40 or any(c not in "0123456789ABCDEF" for c in backup)):
+        raise ConfigError("backup.fingerprint must be a 40-hex-digit upper-case fingerprint")
     if settings.default_locale not in LOCALES:
         raise ConfigError(f"default_locale must be one of {', '.join(LOCALES)}")
     if not settings.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
