@@ -192,10 +192,12 @@ async def _custodian_line(core: CoreServices) -> str:
     return f"contact details are sealed to {len(custodians)} custodian key(s)"
 
 
-def run_backup(settings: Settings, dest: Path) -> int:
+def run_backup(settings: Settings, dest: Path, tor_keys: str | None = None) -> int:
     from .backup import make_backup
 
-    report = asyncio.run(make_backup(settings, dest))
+    if tor_keys not in (None, "-"):
+        raise CPCPError("--tor-keys takes - (the tar stream of tor's onion folder on stdin)")
+    report = asyncio.run(make_backup(settings, dest, tor_keys=sys.stdin.buffer if tor_keys else None))
     print(f"backup written: {report.path} ({report.size / 2**20:.1f} MiB, {report.rows} rows, "
           f"{report.objects} store objects) in {report.seconds:.1f}s, encrypted to "
           f"{settings.backup.fingerprint}")
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     close.add_argument("event_id", type=int)
     backup = sub.add_parser("backup", help="write the whole server to one file encrypted to the backup key")
     backup.add_argument("file", type=Path, help="a new file, e.g. /var/backups/cpcp/cpcp-2026-12-02.gpg")
+    backup.add_argument("--tor-keys", metavar="-", help="where tor runs as its own user: read its onion "
+                        "folder as a tar stream on stdin (tar -C /var/lib/cpcp-tor -cf - onion | ...)")
     restore = sub.add_parser("restore", help="restore a decrypted backup into a fresh deployment")
     restore.add_argument("file", help="the decrypted archive, or - to read it from stdin "
                          "(gpg --decrypt FILE | cpcp-admin restore -)")
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             event_id = asyncio.run(_with_core(settings, lambda core: _add_event(core, args)))
             print(f"event {event_id} added and open for feedback")
         elif args.command == "backup":
-            return run_backup(settings, args.file)
+            return run_backup(settings, args.file, args.tor_keys)
         elif args.command == "restore":
             return run_restore(settings, args.file)
         elif args.command == "restore-drill":

@@ -33,7 +33,8 @@ import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import IO
 
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
@@ -200,8 +201,47 @@ def backup_keyring(settings: Settings) -> tuple[Keyring, str]:
     return ring, fpr
 
 
-async def make_backup(settings: Settings, dest: Path, *, clock: Clock = _utcnow) -> BackupReport:
-    """Write the backup to ``dest`` (a new file, 0600) or raise and leave nothing there."""
+#: The onion keys tor's own user hands over (``--tor-keys``): a few small files.
+TOR_KEYS_LIMIT = 16 * 2**20
+
+
+def read_tor_keys(stream: IO[bytes]) -> list[tuple[str, bytes]]:
+    """The regular files of a tar stream of tor's folder's ``onion/`` (written by tor's user, who
+    alone may read it: ``tar -C /var/lib/cpcp-tor -cf - onion``), as (archive name, content)
+    under ``data/onion/``, where restore puts them back and the playbook hands them to tor's user
+    again. Links, devices, paths outside ``onion/`` and more than TOR_KEYS_LIMIT are refused.
+    Blocking."""
+    found: list[tuple[str, bytes]] = []
+    total = 0
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                path = PurePosixPath(member.name)
+                if path.is_absolute() or ".." in path.parts or not path.parts or path.parts[0] != "onion":
+                    raise BackupError(f"tor keys: refusing {member.name!r} (only onion/...)")
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise BackupError(f"tor keys: {member.name!r} is not a regular file")
+                total += member.size
+                if total > TOR_KEYS_LIMIT:
+                    raise BackupError("tor keys: more than 16 MiB; is this tor's onion folder?")
+                data = tar.extractfile(member)
+                assert data is not None
+                found.append(("data/" + path.as_posix(), data.read()))
+    except tarfile.TarError as exc:
+        raise BackupError(f"tor keys: not a tar stream ({exc})") from exc
+    if not found:
+        raise BackupError("tor keys: the stream holds no onion key")
+    return found
+
+
+async def make_backup(settings: Settings, dest: Path, *, clock: Clock = _utcnow,
+                      tor_keys: IO[bytes] | None = None) -> BackupReport:
+    """Write the backup to ``dest`` (a new file, 0600) or raise and leave nothing there.
+
+    ``tor_keys``: a tar stream of tor's ``onion/`` folder, where tor runs as a user of its own
+    (ansible/server.yml) and the data folder has no ``onion/``."""
     started = time.monotonic()
     require_owner(settings.data_dir)
     if dest.exists():
@@ -210,6 +250,12 @@ async def make_backup(settings: Settings, dest: Path, *, clock: Clock = _utcnow)
         raise BackupError(f"{dest} is in the data folder: the next backup would hold this one; "
                           "keep backups elsewhere (and a copy off the server)")
     ring, fpr = await asyncio.to_thread(backup_keyring, settings)
+    onion_keys: list[tuple[str, bytes]] = []
+    if tor_keys is not None:
+        if (settings.data_dir / "onion").exists():
+            raise BackupError(f"{settings.data_dir / 'onion'} exists and tor keys were given too: "
+                              "which are the onion keys?")
+        onion_keys = await asyncio.to_thread(read_tor_keys, tor_keys)
     store = Store(settings.store_dir)
     engine = make_engine(settings.database_url)
     created = clock().astimezone(dt.UTC).replace(microsecond=0)
@@ -232,6 +278,8 @@ async def make_backup(settings: Settings, dest: Path, *, clock: Clock = _utcnow)
                 await archive.add_bytes(f"database/{number:05d}-{chunk.table}.jsonl", chunk.body)
         for name, path in data_files(settings):
             await archive.add_file(name, path)
+        for name, data in onion_keys:
+            await archive.add_bytes(name, data)
         object_bytes = 0
         for name in sorted(result.object_names):
             try:

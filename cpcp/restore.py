@@ -6,7 +6,8 @@ is read once, as a stream, into a staging folder inside the data folder; nothing
 until every member matches the manifest at its end (a damaged or cut-short archive changes
 nothing). Then the files move into place by rename, and the rows go in, in one transaction.
 
-Restore refuses a deployment that already holds a source, a case or an audit entry: it goes
+Restore refuses a deployment that already holds a source, a case or an audit entry (but those
+the deployment file wrote, which a fresh host made by server.yml has): it goes
 into a fresh one (``cpcp-admin init`` may have run; its units, officers and secrets are
 replaced). Re-running it after an interruption is safe: the database is the authority, and it
 either holds the backup's rows entirely or none of them (the rows commit last).
@@ -30,14 +31,15 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from alembic.script import ScriptDirectory
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from .backup import FORMAT, READ_CHUNK, STAGING_PREFIX, VERSION, require_owner, sqlite_files
 from .db import make_engine
 from .dbdump import DumpError, clear, count_rows, insert, parse_chunk, reset_sequences
 from .errors import CPCPError, KeyProblem
 from .migrate import alembic_config, upgrade
-from .models import Source
+from .models import AuditEntry, Source
+from .roster import DEPLOYMENT_ACTIONS
 from .services import build_core, check_keys
 from .settings import Settings
 
@@ -173,10 +175,15 @@ def _check_format(fmt: dict[str, Any]) -> None:
 
 
 async def _require_empty(database_url: str) -> None:
+    """A fresh deployment: no source, no case, and in the audit log nothing but what applying
+    the deployment file wrote (a host made by server.yml has that before its restore)."""
     engine = make_engine(database_url)
     try:
         async with engine.connect() as conn:
-            counts = await count_rows(conn, ["sources", "cases", "audit_log"])
+            counts = await count_rows(conn, ["sources", "cases"])
+            counts["audit_log"] = await conn.scalar(
+                select(func.count()).select_from(AuditEntry)
+                .where(AuditEntry.action.not_in(DEPLOYMENT_ACTIONS))) or 0
     finally:
         await engine.dispose()
     held = {k: v for k, v in counts.items() if v}

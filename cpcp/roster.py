@@ -24,6 +24,10 @@ from .models import ApiToken, AuditEntry, Officer, Unit
 from .pgp import Keyring
 
 OVERSIGHT_ACTION = "oversight_key_set"
+#: What applying the deployment file writes to the audit log: bookkeeping a fresh host has
+#: before anything else happens (restore replaces it with the backup's chain).
+DEPLOYMENT_ACTIONS = frozenset({"officer_added", "officer_key_rotated", "officer_reinstated",
+                                "officer_retired", "workstations_revoked", OVERSIGHT_ACTION})
 
 
 class RosterRefused(ConfigError):

@@ -160,7 +160,7 @@ def test_playbook_structure(playbook: str) -> None:
 
 
 def test_both_playbooks_and_every_template_used(tmp_path: Path) -> None:
-    assert {p.name for p in PLAYBOOKS} == {"server.yml", "workstation.yml"}
+    assert {p.name for p in PLAYBOOKS} == {"server.yml", "workstation.yml", "backup.yml"}
     used = {*templates("server.yml", server_vars(tmp_path)),
             *templates("workstation.yml", workstation_vars(tmp_path))}
     included = {name for template in used

@@ -248,7 +248,8 @@ async def test_a_snapshot_does_not_see_what_is_written_while_it_is_read(old: Ser
     await engine.dispose()
     audit = b"".join(c.body for c in rest if c.table == "audit_log")
     assert b'"before"' in audit and b'"during"' not in audit
-    assert result.rows["audit_log"] == 1
+    # Every entry but "during" (init wrote the deployment file's entries before "before").
+    assert result.rows["audit_log"] == (await old.core.audit.verify()).entries - 1
 
 
 async def test_a_restore_drill_checks_a_backup_and_leaves_the_live_deployment_alone(
@@ -288,6 +289,8 @@ async def test_a_damaged_or_cut_short_archive_changes_nothing(old: Server, new: 
     await make_backup(old.core.settings, old.root / "b.gpg")
     archive = decrypt(officer_gnupg, old.root / "b.gpg")
     secrets_before = new.core.settings.secrets_file.read_bytes()
+    async with new.core.sessions() as db:  # what init wrote: the deployment file's entries
+        audit_before = await db.scalar(select(func.count()).select_from(AuditEntry))
     at = archive.index(b'"codename_salt"')  # inside data/secrets.json
     flipped = archive[:at] + bytes([archive[at] ^ 1]) + archive[at + 1:]
     manifest_at = archive.rindex(b"MANIFEST.json") - 100
@@ -301,7 +304,7 @@ async def test_a_damaged_or_cut_short_archive_changes_nothing(old: Server, new: 
         assert not list(new.core.settings.data_dir.glob(".restore-*"))
         async with new.core.sessions() as db:
             assert await db.scalar(select(func.count()).select_from(Source)) == 0
-            assert await db.scalar(select(func.count()).select_from(AuditEntry)) == 0
+            assert await db.scalar(select(func.count()).select_from(AuditEntry)) == audit_before
     assert not list(new.core.settings.store_dir.glob("*/*.gpg"))
 
 
@@ -526,3 +529,46 @@ async def test_the_archive_format_is_known(old: Server, officer_gnupg: Path, db_
                              "schema_revision", "version"}
     assert manifest["rows"]["sources"] == 1 and manifest["rows"]["cases"] == 1 and j.case_id == 1
     assert set(manifest["members"]) == set(names[:-1])
+
+
+def _tor_keys_tar(members: list[tuple[str, bytes]]) -> bytes:
+    """What ``tar -C /var/lib/cpcp-tor -cf - onion`` run by tor's user writes."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+async def test_onion_keys_handed_over_by_tors_user_are_backed_up_and_restored(
+        old: Server, new: Server, officer_gnupg: Path) -> None:
+    """Where tor runs as a user of its own, its onion keys come in as a tar stream on stdin
+    (``backup --tor-keys -``); restore puts them in the data folder's onion/, where the playbook
+    hands them to tor's user again."""
+    key = secrets.token_bytes(96)
+    stream = io.BytesIO(_tor_keys_tar([("onion/source/hs_ed25519_secret_key", key),
+                                       ("onion/source/hostname", b"b" * 56 + b".onion\n")]))
+    dest = old.root / "with-tor-keys.gpg"
+    await make_backup(old.core.settings, dest, tor_keys=stream)
+    archive = decrypt(officer_gnupg, dest)
+    assert "data/onion/source/hs_ed25519_secret_key" in members(archive)
+    await new.core.close()
+    await restore(new.core.settings, io.BytesIO(archive))
+    assert (new.core.settings.data_dir / "onion" / "source" / "hs_ed25519_secret_key").read_bytes() == key
+
+
+@pytest.mark.parametrize(("tar_members", "problem"), [
+    ([("../escape", b"x")], "only onion/"),
+    ([("keys/other", b"x")], "only onion/"),
+    ([], "no onion key"),
+])
+async def test_tor_keys_that_are_not_tors_onion_folder_are_refused(
+        old: Server, tar_members: list[tuple[str, bytes]], problem: str) -> None:
+    dest = old.root / "refused.gpg"
+    with pytest.raises(BackupError, match=problem):
+        await make_backup(old.core.settings, dest, tor_keys=io.BytesIO(_tor_keys_tar(tar_members)))
+    assert not dest.exists() and not list(old.root.glob(".refused.gpg.*"))
+    with pytest.raises(BackupError, match="not a tar stream"):
+        await make_backup(old.core.settings, dest, tor_keys=io.BytesIO(b"not a tar" * 100))
