@@ -140,6 +140,9 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         server_vars: dict[str, object] = {
             "cpcp_oversight_fingerprint": FPR["oversight"], "cpcp_files_dir": str(server_files(workdir)),
             "cpcp_torrc_include_lines": include, "cpcp_admin_ssh_keys": [admin.ssh_public],
+            # The throwaway oversight key doubles as the backup key here; a district makes one
+            # for backups alone (README, "Deploy").
+            "cpcp_backup_fingerprint": FPR["oversight"], "cpcp_backup_key_file": "oversight.asc",
             "cpcp_admin_onion_clients": {"admin": auth_line(admin.onion.public)}}
         site = Site(server, workstation, workdir, network, server_vars, {}, admin)
         applied = apply("server.yml", {"cpcp_server": server}, server_vars, workdir)
