@@ -197,6 +197,12 @@ def cmd_add_client(dep: OnionDeployment, args: argparse.Namespace) -> int:
     address = dep.layout.address(OFFICER)
     if address is None:
         raise OnionError(f"the officer onion has no address yet: run '{PROG} run' once first")
+    if dep.deployment_file is not None:
+        retired = dep.deployment().retired_workstations().get(args.name)
+        if retired:  # it would be revoked again at the next sync-workstations or start
+            raise OnionError(f"workstation {args.name!r} is listed on the entry of retired officer(s) "
+                             f"{', '.join(retired)} in {dep.deployment_file}: list it on the serving "
+                             "officer's entry first (or pick another name)")
     pair = dep.layout.clients(OFFICER).add(args.name)
     _apply(dep, args)
     sys.stdout.write(workstation_instructions(address, pair, auth_dir=args.auth_dir))

@@ -819,3 +819,19 @@ def test_run_revokes_retired_officers_keys_before_tor_starts(
     err = capsys.readouterr().err
     assert "cpcp-onion: revoked workstation desk-b (officer officer-b retired)" in err
     assert "stand-in: no tor here" in err
+
+
+def test_add_client_refuses_a_name_a_retired_officer_lists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, registry = retiring_b(tmp_path)
+    layout = OnionLayout.for_data_dir(tmp_path / "data")
+    (layout.service_dir(OFFICER) / "hostname").write_text(ADDRESS + "\n")
+    assert onion_main(["--config", str(config), "sync-workstations"]) == 0
+    capsys.readouterr()
+    assert onion_main(["--config", str(config), "add-client", "desk-b"]) == 2
+    assert ("workstation 'desk-b' is listed on the entry of retired officer(s) officer-b"
+            in capsys.readouterr().err)
+    assert registry.names() == ["desk-a", "shift-desk"]
+    assert onion_main(["--config", str(config), "add-client", "desk-c"]) == 0  # the control
+    capsys.readouterr()
