@@ -39,15 +39,36 @@ def init_deployment(settings: Settings) -> None:
         asyncio.run(deploy(settings))
 
 
-def _officer_workstations(settings: Settings) -> WorkstationKeys:
-    """The officer onion's authorized client keys, which a retirement revokes.
+def _officer_workstations(settings: Settings) -> WorkstationKeys | None:
+    """The officer onion's authorized client keys, which a retirement revokes; None when tor's
+    folder is closed to this user.
+
+    The folder is cpcp-onion's (``[tor] data_dir``, else the data folder: the same as
+    ``OnionDeployment.from_settings``). Where tor runs as a user of its own (ansible's
+    ``cpcp-tor``, folder 0700) this command, run as the apps' user, can neither read nor delete
+    those keys: ``cpcp-onion sync-workstations``, as tor's user, revokes them instead.
 
     Imported here, in the command, not in the core: the core knows no onion. The registry is
     only read and files deleted; nothing is created when the onion does not exist yet.
     """
-    from onion.services import OFFICER, OnionLayout
+    from onion.deployment import OnionDeployment
+    from onion.services import OFFICER
 
-    return OnionLayout.for_data_dir(settings.data_dir).clients(OFFICER)
+    dep = OnionDeployment.from_settings(settings)
+    if not onion_folder_open(dep.data_dir):
+        return None
+    return dep.layout.clients(OFFICER)
+
+
+def onion_folder_open(folder: Path) -> bool:
+    """Whether this user may read and delete the client keys under tor's ``folder``: True if
+    it does not exist yet (no key to revoke); False if it, or what leads to it, is closed."""
+    try:
+        if not folder.exists():  # stat: EACCES when a folder on the way is closed to us
+            return True
+        return os.access(folder, os.R_OK | os.W_OK | os.X_OK)
+    except PermissionError:
+        return False
 
 
 def _republish_officer_onion(settings: Settings) -> None:
@@ -76,6 +97,10 @@ async def deploy(settings: Settings) -> None:
         )
         for line in report.lines:
             print(line)
+        if report.left_workstations:
+            print(f"the officer onion's client keys are in tor's folder, closed to this user: "
+                  f"{', '.join(report.left_workstations)} to be revoked by "
+                  "'cpcp-onion sync-workstations' as tor's user (ansible/server.yml runs it)")
         if report.revoked_workstations:
             await asyncio.to_thread(_republish_officer_onion, settings)
         await check_keys(core)

@@ -107,6 +107,23 @@ class Deployment:
     def retired(self) -> tuple[OfficerSpec, ...]:
         return tuple(o for o in self.officers if o.retired)
 
+    @property
+    def kept_workstations(self) -> frozenset[str]:
+        """Workstations a serving officer lists: never revoked for a retired one listing them too."""
+        return frozenset(name for spec in self.serving for name in spec.workstations)
+
+    def retired_workstations(self) -> dict[str, tuple[str, ...]]:
+        """Workstation name -> the retired officers listing it, for the names whose officer-onion
+        client key must go: listed on a retired officer's entry and by no serving officer.
+        ``cpcp-admin deploy`` (cpcp/roster.py) and ``cpcp-onion sync-workstations`` both apply it."""
+        keep = self.kept_workstations
+        gone: dict[str, tuple[str, ...]] = {}
+        for spec in self.retired:
+            for name in spec.workstations:
+                if name not in keep:
+                    gone[name] = (*gone.get(name, ()), spec.handle)
+        return gone
+
 
 def _officer(i: int, entry: Any) -> OfficerSpec:
     try:

@@ -36,7 +36,12 @@ class RosterRefused(ConfigError):
 
 
 class WorkstationKeys(Protocol):
-    """The officer onion's authorized clients (onion.clients.ClientRegistry is one)."""
+    """The officer onion's authorized clients (onion.clients.ClientRegistry is one).
+
+    None instead, where tor's folder is closed to the caller (tor as a user of its own, as
+    ansible deploys it): the keys are then revoked by ``cpcp-onion sync-workstations``, run as
+    tor's user, from the same deployment file (``Deployment.retired_workstations``).
+    """
 
     def names(self) -> list[str]: ...
 
@@ -45,10 +50,12 @@ class WorkstationKeys(Protocol):
 
 @dataclass
 class DeployReport:
-    """What changed, one line each, for the admin; and which workstation keys went."""
+    """What changed, one line each, for the admin; which workstation keys went, and which
+    were left to ``cpcp-onion sync-workstations`` (no registry given)."""
 
     lines: list[str] = field(default_factory=list)
     revoked_workstations: list[str] = field(default_factory=list)
+    left_workstations: list[str] = field(default_factory=list)
 
 
 def _refuse_unsafe(deployment: Deployment, officers: dict[str, Officer], units: dict[str, Unit]) -> None:
@@ -132,6 +139,14 @@ class _Apply:
         self.report.revoked_workstations += gone
         return gone
 
+    def left_to_sync(self, spec: OfficerSpec, keep: set[str]) -> list[str]:
+        """Without a registry: the listed keys that ``cpcp-onion sync-workstations`` revokes."""
+        if self.workstations is not None:
+            return []
+        left = [n for n in spec.workstations if n not in keep]
+        self.report.left_workstations += left
+        return left
+
     async def retire(self, spec: OfficerSpec, officer: Officer | None, keep: set[str],
                      units_left: list[str]) -> None:
         """Tokens, passphrase, TOTP, units and workstations go; the row (history) stays."""
@@ -154,13 +169,22 @@ class _Apply:
         officer.totp_last_step = None
         officer.units = []
         gone = self.revoke_workstations(spec, keep)
+        left = self.left_to_sync(spec, keep)
         await db.flush()
+        # Only what was done is recorded as done: keys in tor's folder, closed to this user,
+        # are recorded as left to cpcp-onion (which cannot write the audit chain).
+        extra = {"workstations_left_to_sync": left} if self.workstations is None else {}
         await audit.record(db, officer_id=None, action="officer_retired", officer=officer.id,
                            fingerprint=officer.fingerprint, units_left=units_left,
-                           tokens_revoked=tokens, workstations_revoked=gone)
+                           tokens_revoked=tokens, workstations_revoked=gone, **extra)
+        if self.workstations is None:
+            keys = (f"workstation key(s) {', '.join(left)} left to 'cpcp-onion sync-workstations' "
+                    "(run as tor's user)" if left else "no workstation key listed")
+        else:
+            keys = f"workstation key(s) revoked: {', '.join(gone) or 'none'}"
         self.report.lines.append(
             f"officer {spec.handle}: retired; left {', '.join(units_left) or 'no unit'}; "
-            f"{tokens} token(s) revoked; workstation key(s) revoked: {', '.join(gone) or 'none'}")
+            f"{tokens} token(s) revoked; {keys}")
 
 
 async def apply_deployment(
@@ -203,7 +227,7 @@ async def apply_deployment(
             unit.name_hi = uspec.name_hi
             unit.active = True
             unit.officers = [by_handle[h] for h in uspec.officers if h not in retired]
-        keep = {name for spec in deployment.serving for name in spec.workstations}
+        keep = set(deployment.kept_workstations)
         for spec in deployment.retired:
             await step.retire(spec, by_handle.get(spec.handle), keep, units_of.get(spec.handle, []))
         await _record_oversight(db, audit, report, oversight_fingerprint)

@@ -5,12 +5,15 @@
   cpcp-onion add-client NAME        authorize an officer workstation; prints what its tor needs
   cpcp-onion revoke-client NAME     remove a workstation's key (its open circuits are closed)
   cpcp-onion list-clients           the authorized workstations
+  cpcp-onion sync-workstations      revoke the keys of workstations of retired officers
+                                    (the deployment file's retired entries; as tor's user)
   cpcp-onion status                 tor, the onions, the apps behind them (exit 0: all up)
 
 ``run`` prints both addresses as soon as tor has the keys, before the onions are reachable; on
 stderr it says when they are published. When tor cannot get there within --timeout (offline,
 Tor blocked) it says so on stderr, keeps tor running and keeps trying: a service does not give
-up. The admin commands act on the running tor when there is one (the deployment's own, found
+up. ``run`` first revokes the keys ``sync-workstations`` would, so that a start never
+publishes a retired officer's workstation. The admin commands act on the running tor when there is one (the deployment's own, found
 through <data_dir>/tor/control-port, or --control-port), and otherwise only on disk.
 """
 
@@ -27,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from cpcp.errors import CPCPError
 from cpcp.settings import Settings, load_settings
@@ -66,10 +70,12 @@ def cmd_run(dep: OnionDeployment, args: argparse.Namespace) -> int:
     if args.control_port is None and args.control_socket is None:
         return _serve(dep, args)
     changed = dep.sync_ssh_clients()
+    revoked = _sync_workstations(dep, out=sys.stderr, prefix=f"{PROG}: ")
+    republish = ([SSH] if changed else []) + ([OFFICER] if revoked else [])
     with _attach(dep, args) as tor:  # a one-shot publication: give up after --timeout
         print(f"{PROG}: tor {tor.version} (attached)", file=sys.stderr, flush=True)
         OnionPublisher(tor=tor, layout=dep.layout).publish(
-            dep.services, timeout=args.timeout, republish=[SSH] if changed else [],
+            dep.services, timeout=args.timeout, republish=republish,
             on_addresses=lambda r: _print_addresses(dep, r))
         print(f"{PROG}: the onions are published", file=sys.stderr, flush=True)
     return 0
@@ -86,6 +92,7 @@ def _serve(dep: OnionDeployment, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     dep.sync_ssh_clients()  # a fresh tor: nothing to re-publish
+    _sync_workstations(dep, out=sys.stderr, prefix=f"{PROG}: ")  # before publishing: never a retired officer's key
     options = dep.tor_options()
     started = time.monotonic()
     with Tor.launch(data_dir=dep.tor_dir, options=options, name="cpcp-tor") as tor:
@@ -190,6 +197,12 @@ def cmd_add_client(dep: OnionDeployment, args: argparse.Namespace) -> int:
     address = dep.layout.address(OFFICER)
     if address is None:
         raise OnionError(f"the officer onion has no address yet: run '{PROG} run' once first")
+    if dep.deployment_file is not None:
+        retired = dep.deployment().retired_workstations().get(args.name)
+        if retired:  # it would be revoked again at the next sync-workstations or start
+            raise OnionError(f"workstation {args.name!r} is listed on the entry of retired officer(s) "
+                             f"{', '.join(retired)} in {dep.deployment_file}: list it on the serving "
+                             "officer's entry first (or pick another name)")
     pair = dep.layout.clients(OFFICER).add(args.name)
     _apply(dep, args)
     sys.stdout.write(workstation_instructions(address, pair, auth_dir=args.auth_dir))
@@ -200,6 +213,28 @@ def cmd_revoke_client(dep: OnionDeployment, args: argparse.Namespace) -> int:
     dep.layout.clients(OFFICER).revoke(args.name)
     _apply(dep, args)
     print(f"{PROG}: workstation {args.name!r} revoked")
+    return 0
+
+
+def _sync_workstations(dep: OnionDeployment, *, out: TextIO, prefix: str = "") -> bool:
+    """Revoke retired officers' workstation keys on disk, one line each; True if any went."""
+    revoked = dep.sync_workstations()
+    for name, officer in revoked:
+        print(f"{prefix}revoked workstation {name} (officer {officer} retired)", file=out, flush=True)
+    return bool(revoked)
+
+
+def cmd_sync_workstations(dep: OnionDeployment, args: argparse.Namespace) -> int:
+    """The deployment file's retirements, applied to the officer onion's client keys: what
+    ``cpcp-admin deploy`` leaves to tor's user. Prints nothing when nothing changed."""
+    if dep.deployment_file is None:
+        raise OnionError("deployment_file is not set in the settings: it lists the retired officers")
+    if _sync_workstations(dep, out=sys.stdout):
+        try:
+            _apply(dep, args)
+        except CPCPError as exc:
+            raise OnionError(f"the workstation keys above are removed, but the running tor did not "
+                             f"re-publish the officer onion ({exc}); restart cpcp-onion") from exc
     return 0
 
 
@@ -323,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = sub.add_parser("revoke-client", help="remove an officer workstation's key")
     revoke.add_argument("name")
     sub.add_parser("list-clients", help="list authorized officer workstations")
+    sub.add_parser("sync-workstations", help="revoke the workstation keys listed on retired "
+                                             "officers' entries of the deployment file")
     sub.add_parser("status", help="say what is up")
     admin = sub.add_parser("admin-key", help="make a client key pair for the admin SSH onion, "
                                              "on the admin's own machine (needs no settings)")
@@ -335,6 +372,7 @@ COMMANDS = {
     "add-client": cmd_add_client,
     "revoke-client": cmd_revoke_client,
     "list-clients": cmd_list_clients,
+    "sync-workstations": cmd_sync_workstations,
     "status": cmd_status,
 }
 

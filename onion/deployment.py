@@ -6,6 +6,10 @@ The tor CPCP owns keeps its DataDirectory at ``<data_dir>/tor`` and logs to
 data folder. The setting
 ``[tor] torrc_include`` adds lines of the admin's own (bridges, a test network's authorities)
 after CPCP's.
+
+The deployment file (``deployment_file``) says which officers are retired: their workstations'
+client keys of the officer onion are revoked here, by tor's user, who alone can write them
+(:meth:`OnionDeployment.sync_workstations`).
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cpcp.deployment import Deployment, load_deployment
 from cpcp.errors import ConfigError
 from cpcp.settings import Settings
 
 from .clients import parse_client_lines
-from .errors import OnionError, TorFailed
-from .services import SSH, OnionLayout, OnionService, cpcp_services
+from .errors import OnionError, TorFailed, UnknownClient
+from .services import OFFICER, SSH, OnionLayout, OnionService, cpcp_services
 from .tor import OptionLine, TorOptions, check_option, known_options, server_options
 
 #: The only options a torrc_include may set: how this tor reaches the Tor network (bridges,
@@ -83,6 +88,7 @@ class OnionDeployment:
     services: tuple[OnionService, ...]
     torrc_include: Path | None = None
     ssh_clients_file: Path | None = None
+    deployment_file: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OnionDeployment:
@@ -97,7 +103,35 @@ class OnionDeployment:
                                          ssh_port=settings.tor.ssh_port)),
             torrc_include=settings.tor.torrc_include,
             ssh_clients_file=settings.tor.ssh_clients_file,
+            deployment_file=settings.deployment_file,
         )
+
+    def sync_workstations(self) -> list[tuple[str, str]]:
+        """Revoke the officer-onion client key of every workstation listed on a retired
+        officer's entry of the deployment file and by no serving officer (the rule of
+        ``cpcp-admin deploy``); (workstation, officer) for each key that went, [] when none.
+
+        On disk only: the caller re-publishes the officer onion on a running tor. No
+        deployment file: nothing to do. A broken one is a ConfigError, before any change.
+        """
+        if self.deployment_file is None:
+            return []
+        gone = self.deployment().retired_workstations()
+        registry = self.layout.clients(OFFICER)
+        revoked: list[tuple[str, str]] = []
+        for name in registry.names():
+            if name in gone:
+                try:
+                    registry.revoke(name)
+                except UnknownClient:
+                    continue  # removed meanwhile (a cpcp-onion run starting at the same time)
+                revoked.append((name, ", ".join(gone[name])))
+        return revoked
+
+    def deployment(self) -> Deployment:
+        if self.deployment_file is None:
+            raise ConfigError("deployment_file is not set")
+        return load_deployment(self.deployment_file)
 
     def sync_ssh_clients(self) -> bool:
         """Authorize exactly the admins' keys of ``ssh_clients_file`` on the SSH onion (if it

@@ -349,6 +349,32 @@ def test_retention_runs_daily_as_the_apps_do(tmp_path: Path) -> None:
         "Retention timer enabled and started")
 
 
+def test_tors_user_revokes_retired_officers_workstation_keys_after_init(tmp_path: Path) -> None:
+    play = load("server.yml")[0]
+    names = [task["name"] for task in tasks(play)]
+    sync = next(task for task in tasks(play) if task["name"] == SYNC_TASK)
+    name, command = module(sync)
+    assert name == "ansible.builtin.command"
+    context = server_vars(tmp_path)
+    program, *args = render(command, context).split()
+    assert program == "/opt/cpcp/current/.venv/bin/cpcp-onion" and Path(program).name in SCRIPTS
+    assert args == ["--config", f"{tmp_path / 'etc'}/cpcp.toml", "sync-workstations"]
+    assert build_parser().parse_args(args).command == "sync-workstations"  # a real subcommand
+    # As tor's user, as the status is, the one who can write the onion's client keys.
+    status = next(task for task in tasks(play) if task["name"] == "Onion status")
+    assert (sync["become"], sync["become_user"]) == (True, status["become_user"]) == (True, "{{ cpcp_tor_user }}")
+    assert ENV.compile_expression(sync["changed_when"])(
+        cpcp_workstation_sync={"stdout": "revoked workstation desk-1 (officer x retired)"})
+    assert not ENV.compile_expression(sync["changed_when"])(cpcp_workstation_sync={"stdout": ""})
+    # After the init that retires in the database, and once cpcp-onion runs and has its keys.
+    assert (names.index("Initialise (secrets, schema, units, pinned keys); idempotent")
+            < names.index("Source app, gateway and onions running") < names.index("Restart what changed")
+            < names.index("Onion status") < names.index(SYNC_TASK))
+
+
+SYNC_TASK = "Retired officers' workstation keys revoked (as tor's user)"
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     folder = tmp_path / "units"

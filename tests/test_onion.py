@@ -723,3 +723,115 @@ def test_tor_data_dir_setting_gives_tor_a_folder_apart_from_the_apps(tmp_path: P
     home = tmp_path / "tor-home"  # relative to the settings file, like the other paths
     assert (apart.data_dir, apart.tor_dir, apart.layout.root, apart.log_file) == (
         home, home / "tor", home / "onion", home / "logs" / "tor.log")
+
+
+# --- retired officers' workstations: cpcp-onion sync-workstations and run ------------------------
+
+
+def retiring_b(tmp_path: Path) -> tuple[Path, ClientRegistry]:
+    """officer-b retired with desk-b and shift-desk, officer-a serving with shift-desk; the
+    officer onion authorizes desk-a, desk-b and shift-desk."""
+    config = write_deployment(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cpcp.sqlite'}")
+    path = tmp_path / "deployment.toml"
+    text = path.read_text(encoding="utf-8")
+    text = text.replace('handle = "officer-a"\n', 'handle = "officer-a"\nworkstations = ["shift-desk"]\n', 1)
+    text = text.replace('handle = "officer-b"\n', 'handle = "officer-b"\nretired = true\n'
+                        'workstations = ["desk-b", "shift-desk"]\n', 1)
+    path.write_text(text, encoding="utf-8")
+    registry = OnionLayout.for_data_dir(tmp_path / "data").clients(OFFICER)
+    for name in ("desk-a", "desk-b", "shift-desk"):
+        registry.add(name)
+    return config, registry
+
+
+def test_retired_workstations_follow_the_rule_of_cpcp_admin_deploy(tmp_path: Path) -> None:
+    retiring_b(tmp_path)
+    from cpcp.deployment import load_deployment
+
+    deployment = load_deployment(tmp_path / "deployment.toml")
+    assert deployment.kept_workstations == {"shift-desk"}
+    assert deployment.retired_workstations() == {"desk-b": ("officer-b",)}
+
+
+def test_sync_workstations_revokes_a_retired_officers_key_and_keeps_a_shared_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, registry = retiring_b(tmp_path)
+    kept = registry.public_keys()["desk-a"]
+    assert onion_main(["--config", str(config), "sync-workstations"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "revoked workstation desk-b (officer officer-b retired)\n"
+    assert "tor is not running; the change applies when 'cpcp-onion run' starts it" in err
+    assert registry.names() == ["desk-a", "shift-desk"]  # shift-desk: officer-a still uses it
+    assert registry.public_keys()["desk-a"] == kept
+    # Idempotent: a second run has nothing to do and says nothing.
+    assert onion_main(["--config", str(config), "sync-workstations"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert registry.names() == ["desk-a", "shift-desk"]
+
+
+def test_sync_workstations_re_publishes_the_officer_onion_on_the_running_tor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, registry = retiring_b(tmp_path)
+    calls: list[set[str]] = []
+    monkeypatch.setattr("onion.cli._apply", lambda dep, args: calls.append(set(registry.names())))
+    assert onion_main(["--config", str(config), "sync-workstations"]) == 0
+    assert calls == [{"desk-a", "shift-desk"}]  # after the key went, once
+    assert onion_main(["--config", str(config), "sync-workstations"]) == 0
+    assert len(calls) == 1  # nothing changed: nothing to re-publish
+    capsys.readouterr()
+
+
+def test_sync_workstations_refuses_a_broken_deployment_file_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, registry = retiring_b(tmp_path)
+    path = tmp_path / "deployment.toml"
+    path.write_text(path.read_text(encoding="utf-8").replace('["desk-b", ', '["../desk-b", ', 1),
+                    encoding="utf-8")
+    assert onion_main(["--config", str(config), "sync-workstations"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "cpcp-onion: officer officer-b: workstation '../desk-b' is not a cpcp-onion" in err
+    path.write_text("[[officers]\n", encoding="utf-8")
+    assert onion_main(["--config", str(config), "sync-workstations"]) == 2
+    assert f"cpcp-onion: deployment file {path}:" in capsys.readouterr().err
+    path.unlink()
+    assert onion_main(["--config", str(config), "sync-workstations"]) == 2
+    assert "No such file" in capsys.readouterr().err
+    assert registry.names() == ["desk-a", "desk-b", "shift-desk"]
+
+
+def test_run_revokes_retired_officers_keys_before_tor_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, registry = retiring_b(tmp_path)
+    seen: list[list[str]] = []
+
+    def launch(**kwargs: object) -> Tor:
+        seen.append(registry.names())
+        raise TorFailed("stand-in: no tor here")
+
+    monkeypatch.setattr("onion.cli.signal.signal", lambda *args: None)  # keep pytest's handlers
+    monkeypatch.setattr("onion.cli.Tor.launch", launch)
+    assert onion_main(["--config", str(config), "run"]) == 2
+    assert seen == [["desk-a", "shift-desk"]]  # what the fresh tor would have published
+    err = capsys.readouterr().err
+    assert "cpcp-onion: revoked workstation desk-b (officer officer-b retired)" in err
+    assert "stand-in: no tor here" in err
+
+
+def test_add_client_refuses_a_name_a_retired_officer_lists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, registry = retiring_b(tmp_path)
+    layout = OnionLayout.for_data_dir(tmp_path / "data")
+    (layout.service_dir(OFFICER) / "hostname").write_text(ADDRESS + "\n")
+    assert onion_main(["--config", str(config), "sync-workstations"]) == 0
+    capsys.readouterr()
+    assert onion_main(["--config", str(config), "add-client", "desk-b"]) == 2
+    assert ("workstation 'desk-b' is listed on the entry of retired officer(s) officer-b"
+            in capsys.readouterr().err)
+    assert registry.names() == ["desk-a", "shift-desk"]
+    assert onion_main(["--config", str(config), "add-client", "desk-c"]) == 0  # the control
+    capsys.readouterr()

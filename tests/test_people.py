@@ -4,10 +4,12 @@ and PostgreSQL; refusals change nothing."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,15 @@ import pyotp
 import pytest
 from sqlalchemy import func, select
 
+from cpcp.admin import deploy as admin_deploy
+from cpcp.admin import onion_folder_open
 from cpcp.deployment import load_deployment
 from cpcp.errors import ConfigError
 from cpcp.models import AuditEntry, Case, Document, DocumentRole, Officer, Reply, Submission
 from cpcp.officers import LoginFailed
 from cpcp.services import CoreServices, build_core
 from cpcp.settings import load_settings
+from onion.cli import main as onion_main
 from onion.clients import ClientRegistry
 from onion.services import OFFICER, OnionLayout
 
@@ -231,6 +236,81 @@ async def test_a_workstation_shared_with_an_active_officer_stays(deployment: Dep
     done = admin(deployment, "deploy")
     assert done.returncode == 0, done.stderr
     assert "workstation key(s) revoked: none" in done.stdout and registry.names() == ["shift-desk"]
+
+
+async def test_with_tors_folder_closed_deploy_retires_and_leaves_the_keys_to_cpcp_onion(
+    deployment: Deployment, core: CoreServices, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The split-user server: cpcp-admin (as cpcp) cannot open tor's folder. The officer is
+    still retired in the database, and what is left is said, then done by cpcp-onion."""
+    registry = workstations(deployment)
+    registry.ensure()
+    registry.add("desk-a")
+    registry.add("desk-b")
+    totp_b = await enrol(core, "officer-b")
+    identity = await core.officer_auth.login("officer-b", PASSPHRASE, code_at(totp_b, 1))
+    token, _ = await core.officer_auth.issue_token(identity)
+    edit_officer(deployment, "officer-a", 'workstations = ["desk-a"]')
+    edit_officer(deployment, "officer-b", 'workstations = ["desk-b"]', "retired = true")
+    also_in_cyber_cell(deployment)
+    asked: list[Path] = []
+
+    def closed(folder: Path) -> bool:
+        asked.append(folder)
+        return False
+
+    monkeypatch.setattr("cpcp.admin.onion_folder_open", closed)
+    await admin_deploy(deployment.settings)
+    out = capsys.readouterr().out
+    assert asked == [deployment.settings.data_dir.resolve()]  # cpcp-onion's folder ([tor] data_dir unset)
+    assert ("officer officer-b: retired; left cell-cyber, control-room; 1 token(s) revoked; "
+            "workstation key(s) desk-b left to 'cpcp-onion sync-workstations' (run as tor's user)") in out
+    assert "desk-b to be revoked by 'cpcp-onion sync-workstations' as tor's user" in out
+    assert await core.officer_auth.authenticate(token) is None
+    async with core.sessions() as db:
+        officer_b = await db.scalar(select(Officer).where(Officer.handle == "officer-b"))
+        assert officer_b is not None and not officer_b.active and officer_b.units == []
+        (entry,) = (await db.scalars(select(AuditEntry).where(AuditEntry.action == "officer_retired"))).all()
+    assert '"workstations_revoked":[]' in entry.details
+    assert '"workstations_left_to_sync":["desk-b"]' in entry.details
+    assert registry.names() == ["desk-a", "desk-b"]  # not pretended: still there
+
+    # What the playbook then runs as tor's user.
+    assert onion_main(["--config", str(deployment.config), "sync-workstations"]) == 0
+    assert capsys.readouterr().out == "revoked workstation desk-b (officer officer-b retired)\n"
+    assert registry.names() == ["desk-a"]
+    await admin_deploy(deployment.settings)  # again: nothing more to say or record
+    assert "officer-b" not in capsys.readouterr().out
+    verified = admin(deployment, "audit-verify")
+    assert verified.returncode == 0, verified.stdout
+
+
+def _open_as_nobody(*folders: Path) -> list[bool]:
+    code = ("import sys; from pathlib import Path; from cpcp.admin import onion_folder_open; "
+            "print(*(onion_folder_open(Path(p)) for p in sys.argv[1:]))")
+    done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                           sys.executable, "-c", code, *map(str, folders)],
+                          cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return [word == "True" for word in done.stdout.split()]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to check as another user")
+def test_tors_folder_is_seen_closed_by_another_user() -> None:
+    top = Path(tempfile.mkdtemp(prefix="cpcp-tor-folder-"))
+    try:
+        top.chmod(0o755)
+        (top / "cpcp-tor").mkdir(mode=0o700)  # as ansible makes it, for another user
+        (top / "cpcp-tor" / "onion").mkdir(mode=0o700)
+        (top / "mine").mkdir(mode=0o700)
+        os.chown(top / "mine", 65534, 65534)
+        assert _open_as_nobody(top / "cpcp-tor", top / "cpcp-tor" / "onion", top / "mine",
+                               top / "not-yet") == [False, False, True, True]
+        assert onion_folder_open(top / "cpcp-tor")  # its owner (here root) may
+    finally:
+        shutil.rmtree(top)
 
 
 async def test_an_unretired_officer_comes_back_only_through_a_fresh_enrolment(

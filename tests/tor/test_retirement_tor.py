@@ -1,6 +1,7 @@
 """Retiring an officer through the deployment file shuts their workstation out of the officer
-onion on the running tor at once, through a private Tor network; another officer's workstation
-still gets in."""
+onion on the running tor at once, through a private Tor network, whether cpcp-admin deploy
+revokes the key itself or (tor's folder closed to it) cpcp-onion sync-workstations does;
+another officer's workstation still gets in."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from cpcp.admin import deploy
 from onion.services import OFFICER
 from onion.testnet import PrivateTorNetwork
 from onion.tor import CONTROL_PORT_FILE
 
-from ..conftest import ROOT, Deployment
+from ..conftest import FPR, ROOT, Deployment
 from ..servers import Server
 from ..test_people import also_in_cyber_cell, edit_officer
 from .test_tor_e2e import authorize_workstation
@@ -61,3 +63,59 @@ async def test_retiring_an_officer_revokes_their_workstation_on_the_running_tor(
     assert (await get_with_retries(desk_a, officer, API)).status_code == 200
     network.stop_tor("desk-a")
     network.stop_tor("desk-b")
+
+
+async def test_with_tors_folder_closed_to_cpcp_admin_sync_workstations_revokes_on_the_running_tor(
+    network: PrivateTorNetwork, tor_deployment: Deployment, source_server: Server,
+    gateway_server: Server, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server as ansible deploys it: cpcp-admin (the apps' user) retires the officer but
+    cannot open tor's folder; cpcp-onion sync-workstations (tor's user) then shuts the
+    workstation out on the running tor. Its own officer and workstations: the deployment is
+    the module's."""
+    onions = publish(network, tor_deployment, source_server, gateway_server)
+    officer = onions[OFFICER]
+    monkeypatch.setenv("CPCP_SOURCE__PORT", str(source_server.port))
+    monkeypatch.setenv("CPCP_GATEWAY__PORT", str(gateway_server.port))
+    desk_c = authorize_workstation(network, tor_deployment, "desk-c", officer=officer,
+                                   auth_dir=tmp_path / "auth-c", capsys=capsys)
+    desk_d = authorize_workstation(network, tor_deployment, "desk-d", officer=officer,
+                                   auth_dir=tmp_path / "auth-d", capsys=capsys)
+    assert (await get_with_retries(desk_c, officer, API)).status_code == 200
+    tor_dir = tor_deployment.settings.data_dir / "tor"
+    tor_dir.mkdir(mode=0o700, exist_ok=True)
+    shutil.copy(network.root / "service" / CONTROL_PORT_FILE, tor_dir / CONTROL_PORT_FILE)
+    path = tor_deployment.root / "deployment.toml"
+    path.write_text(path.read_text(encoding="utf-8") + f"""
+[[officers]]
+handle = "officer-c"
+name = "Test officer C"
+fingerprint = "{FPR['custodian']}"
+key_file = "custodian.asc"
+workstations = ["desk-c"]
+""", encoding="utf-8")
+    await deploy(tor_deployment.settings)
+    edit_officer(tor_deployment, "officer-c", "retired = true")
+    before = set(layout_of(tor_deployment).clients(OFFICER).names())
+    assert {"desk-c", "desk-d"} <= before
+
+    monkeypatch.setattr("cpcp.admin.onion_folder_open", lambda folder: False)
+    capsys.readouterr()
+    await deploy(tor_deployment.settings)
+    assert "desk-c left to 'cpcp-onion sync-workstations'" in capsys.readouterr().out
+    assert set(layout_of(tor_deployment).clients(OFFICER).names()) == before
+    assert (await get_with_retries(desk_c, officer, API)).status_code == 200  # not yet
+
+    sync = [sys.executable, "-m", "onion.cli", "--config", str(tor_deployment.config), "sync-workstations"]
+    done = subprocess.run(sync, cwd=ROOT, capture_output=True, text=True, check=False, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "revoked workstation desk-c (officer officer-c retired)\n"
+    assert "officer onion re-published" in done.stderr
+    assert set(layout_of(tor_deployment).clients(OFFICER).names()) == before - {"desk-c"}
+    assert await refused(desk_c, officer, API)
+    assert (await get_with_retries(desk_d, officer, API)).status_code == 200
+    again = subprocess.run(sync, cwd=ROOT, capture_output=True, text=True, check=False, env=dict(os.environ))
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+    network.stop_tor("desk-c")
+    network.stop_tor("desk-d")
