@@ -12,6 +12,7 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,17 +63,26 @@ def _psql(url: str, sql: str) -> None:
     )
 
 
-@pytest.fixture
-def database_url(db_kind: str, tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def fresh_database(db_kind: str, sqlite_file: Path, prefix: str = "cpcp_test") -> Iterator[str]:
+    """The URL of a new, empty database: ``sqlite_file``, or a PostgreSQL database dropped after."""
     if db_kind == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cpcp.sqlite'}"
+        yield f"sqlite+aiosqlite:///{sqlite_file}"
         return
     admin = _postgres_admin_url()
     assert admin is not None
-    name = f"cpcp_test_{secrets.token_hex(6)}"
+    name = f"{prefix}_{secrets.token_hex(6)}"
     _psql(admin, f"CREATE DATABASE {name}")
-    yield str(make_url(admin).set(database=name))
-    _psql(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    try:
+        yield str(make_url(admin).set(database=name))
+    finally:
+        _psql(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def database_url(db_kind: str, tmp_path: Path) -> Iterator[str]:
+    with fresh_database(db_kind, tmp_path / "data" / "cpcp.sqlite") as url:
+        yield url
 
 
 def write_deployment(root: Path, database_url: str, *, extra: str = "", custodian: bool = False) -> Path:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
 from cpcp.admin import init_deployment
 from cpcp.backup import BackupError, make_backup
@@ -35,8 +34,7 @@ from cpcp.settings import load_settings
 
 from .conftest import (
     FPR,
-    _postgres_admin_url,
-    _psql,
+    fresh_database,
     gpg_decrypt,
     gpg_encrypt,
     stop_gpg_agents,
@@ -62,15 +60,8 @@ class Server:
 @pytest.fixture
 def second_database_url(db_kind: str, tmp_path: Path) -> Iterator[str]:
     """Where the restored server's database lives: a new SQLite file or PostgreSQL database."""
-    if db_kind == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'new' / 'data' / 'cpcp.sqlite'}"
-        return
-    admin = _postgres_admin_url()
-    assert admin is not None
-    name = f"cpcp_restore_{secrets.token_hex(6)}"
-    _psql(admin, f"CREATE DATABASE {name}")
-    yield str(make_url(admin).set(database=name))
-    _psql(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(db_kind, tmp_path / "new" / "data" / "cpcp.sqlite", "cpcp_restore") as url:
+        yield url
 
 
 def _init(root: Path, database_url: str) -> Path:
@@ -376,26 +367,22 @@ async def test_the_admin_backs_up_and_restores_through_a_pipe(old: Server, new: 
 
 @pytest.mark.postgres
 async def test_a_sqlite_server_restores_into_postgresql(tmp_path: Path, officer_gnupg: Path) -> None:
-    admin = _postgres_admin_url()
-    assert admin is not None
-    name = f"cpcp_restore_{secrets.token_hex(6)}"
-    _psql(admin, f"CREATE DATABASE {name}")
-    old = await _server(tmp_path / "old", f"sqlite+aiosqlite:///{tmp_path / 'old' / 'data' / 'cpcp.sqlite'}")
-    new = await _server(tmp_path / "new", str(make_url(admin).set(database=name)))
-    try:
-        j = await journey(old.core, officer_gnupg)
-        await make_backup(old.core.settings, tmp_path / "b.gpg")
-        await new.core.close()
-        await restore(new.core.settings, io.BytesIO(decrypt(officer_gnupg, tmp_path / "b.gpg")))
-        new.core = build_core(new.core.settings)  # the services start after the restore
-        login = await new.core.sources.login(j.codename, caller="test")
-        reply = await new.core.cases.reply_ciphertext(login.source_id, j.reply_id)
-        assert await new.core.sources.decrypt_reply(login, reply) == f"reply {CANARY}".encode()
-        assert (await new.core.audit.verify()).ok
-    finally:
-        await old.core.close()
-        await new.core.close()
-        _psql(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database("postgres", tmp_path / "unused", "cpcp_restore") as url:
+        old = await _server(tmp_path / "old", f"sqlite+aiosqlite:///{tmp_path / 'old' / 'data' / 'cpcp.sqlite'}")
+        new = await _server(tmp_path / "new", url)
+        try:
+            j = await journey(old.core, officer_gnupg)
+            await make_backup(old.core.settings, tmp_path / "b.gpg")
+            await new.core.close()
+            await restore(new.core.settings, io.BytesIO(decrypt(officer_gnupg, tmp_path / "b.gpg")))
+            new.core = build_core(new.core.settings)  # the services start after the restore
+            login = await new.core.sources.login(j.codename, caller="test")
+            reply = await new.core.cases.reply_ciphertext(login.source_id, j.reply_id)
+            assert await new.core.sources.decrypt_reply(login, reply) == f"reply {CANARY}".encode()
+            assert (await new.core.audit.verify()).ok
+        finally:
+            await old.core.close()
+            await new.core.close()
 
 
 
