@@ -27,26 +27,33 @@ from .tornet import get_with_retries, layout_of, publish, refused
 API = "/api/v1/openapi.json"
 
 
+def two_workstations(network: PrivateTorNetwork, deployment: Deployment, source: Server, gateway: Server,
+                     names: tuple[str, str], *, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                     monkeypatch: pytest.MonkeyPatch) -> tuple[str, int, int]:
+    """Both onions published, two workstations authorized on the running service tor (their
+    SOCKS ports), and the service tor findable in <data_dir>/tor the way cpcp-onion run leaves
+    it (cookie authentication), so cpcp-admin and cpcp-onion re-publish on it."""
+    officer = publish(network, deployment, source, gateway)[OFFICER]
+    monkeypatch.setenv("CPCP_SOURCE__PORT", str(source.port))
+    monkeypatch.setenv("CPCP_GATEWAY__PORT", str(gateway.port))
+    first, second = (authorize_workstation(network, deployment, name, officer=officer,
+                                           auth_dir=tmp_path / f"auth-{name}", capsys=capsys)
+                     for name in names)
+    tor_dir = deployment.settings.data_dir / "tor"
+    tor_dir.mkdir(mode=0o700, exist_ok=True)
+    shutil.copy(network.root / "service" / CONTROL_PORT_FILE, tor_dir / CONTROL_PORT_FILE)
+    return officer, first, second
+
+
 async def test_retiring_an_officer_revokes_their_workstation_on_the_running_tor(
     network: PrivateTorNetwork, tor_deployment: Deployment, source_server: Server,
     gateway_server: Server, capsys: pytest.CaptureFixture[str], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    onions = publish(network, tor_deployment, source_server, gateway_server)
-    officer = onions[OFFICER]
-    monkeypatch.setenv("CPCP_SOURCE__PORT", str(source_server.port))
-    monkeypatch.setenv("CPCP_GATEWAY__PORT", str(gateway_server.port))
-    desk_b = authorize_workstation(network, tor_deployment, "desk-b", officer=officer,
-                                   auth_dir=tmp_path / "auth-b", capsys=capsys)
-    desk_a = authorize_workstation(network, tor_deployment, "desk-a", officer=officer,
-                                   auth_dir=tmp_path / "auth-a", capsys=capsys)
+    officer, desk_b, desk_a = two_workstations(
+        network, tor_deployment, source_server, gateway_server, ("desk-b", "desk-a"),
+        capsys=capsys, tmp_path=tmp_path, monkeypatch=monkeypatch)
     assert (await get_with_retries(desk_b, officer, API)).status_code == 200
-
-    # As on a server, the service tor is the deployment's own: cpcp-admin finds its control
-    # port in <data_dir>/tor (cookie authentication, as cpcp-onion run sets it up).
-    tor_dir = tor_deployment.settings.data_dir / "tor"
-    tor_dir.mkdir(mode=0o700, exist_ok=True)
-    shutil.copy(network.root / "service" / CONTROL_PORT_FILE, tor_dir / CONTROL_PORT_FILE)
     edit_officer(tor_deployment, "officer-a", 'workstations = ["desk-a"]')
     edit_officer(tor_deployment, "officer-b", 'workstations = ["desk-b"]', "retired = true")
     also_in_cyber_cell(tor_deployment)
@@ -74,18 +81,10 @@ async def test_with_tors_folder_closed_to_cpcp_admin_sync_workstations_revokes_o
     cannot open tor's folder; cpcp-onion sync-workstations (tor's user) then shuts the
     workstation out on the running tor. Its own officer and workstations: the deployment is
     the module's."""
-    onions = publish(network, tor_deployment, source_server, gateway_server)
-    officer = onions[OFFICER]
-    monkeypatch.setenv("CPCP_SOURCE__PORT", str(source_server.port))
-    monkeypatch.setenv("CPCP_GATEWAY__PORT", str(gateway_server.port))
-    desk_c = authorize_workstation(network, tor_deployment, "desk-c", officer=officer,
-                                   auth_dir=tmp_path / "auth-c", capsys=capsys)
-    desk_d = authorize_workstation(network, tor_deployment, "desk-d", officer=officer,
-                                   auth_dir=tmp_path / "auth-d", capsys=capsys)
+    officer, desk_c, desk_d = two_workstations(
+        network, tor_deployment, source_server, gateway_server, ("desk-c", "desk-d"),
+        capsys=capsys, tmp_path=tmp_path, monkeypatch=monkeypatch)
     assert (await get_with_retries(desk_c, officer, API)).status_code == 200
-    tor_dir = tor_deployment.settings.data_dir / "tor"
-    tor_dir.mkdir(mode=0o700, exist_ok=True)
-    shutil.copy(network.root / "service" / CONTROL_PORT_FILE, tor_dir / CONTROL_PORT_FILE)
     path = tor_deployment.root / "deployment.toml"
     path.write_text(path.read_text(encoding="utf-8") + f"""
 [[officers]]
