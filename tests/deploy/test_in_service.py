@@ -129,7 +129,7 @@ def test_only_tors_user_and_apt_connect_out(site: Site) -> None:
     host, port = re.search(r" (\d+\.\d+\.\d+\.\d+):(\d+) ", line).groups()  # type: ignore[union-attr]
     probe = (f"import socket; socket.create_connection(('{host}', {port}), timeout=3).close(); "
              "print('connected')")
-    for user, expected in (("cpcp-tor", True), ("cpcp", False), ("root", False)):
+    for user, expected in (("cpcp-tor", True), ("_apt", True), ("cpcp", False), ("root", False)):
         done = site.server.run(["runuser", "-u", user, "--", "python3", "-c", probe], check=False)
         assert ("connected" in done.stdout) is expected, (user, done.stderr)
     ruleset = site.server.run(["nft", "list", "ruleset"]).stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ..tor.tornet import say
-from .conftest import Site
+from .conftest import CONFIG, VENV, Site
 from .playbooks import apply
 
 
@@ -39,7 +39,8 @@ def test_a_retired_officers_workstation_key_goes_and_the_rest_stays(
     assert site.admin("audit-verify").startswith("audit log intact")
     # officer-b cannot be enrolled again while retired; officer-a's desk-1 still works (the
     # restore drill after this module syncs through it).
-    refused = site.admin("officer-enrol", "officer-b", check=False)
-    assert "officer-b" not in refused or "passphrase:" not in refused
+    refused = site.server.run(["runuser", "-u", "cpcp", "--", f"{VENV}/cpcp-admin", "--config", CONFIG,
+                               "officer-enrol", "officer-b"], check=False)
+    assert refused.returncode != 0 and "retired" in refused.stderr and "passphrase:" not in refused.stdout
     again = apply("server.yml", {"cpcp_server": site.server}, site.server_vars, site.workdir)
     assert again.changed() == {site.server.name: 0}, again.changed_tasks()
