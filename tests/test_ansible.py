@@ -242,6 +242,7 @@ def test_desk_settings_load(tmp_path: Path) -> None:
     assert desk.data_dir == home / ".local" / "share" / "cpcp-desk"
     assert desk.export_dir == home / "cpcp-exports"
     assert (desk.host, desk.port) == ("127.0.0.1", 8090)
+    assert desk.time_zone == "Asia/Kolkata"  # cpcp_time_zone's default
 
 
 def test_workstation_tor_gets_what_add_client_prints(tmp_path: Path) -> None:

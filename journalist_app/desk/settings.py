@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError
 
@@ -27,6 +28,8 @@ MIB = 1024 * 1024
 
 ENV_PREFIX = "CPCP_DESK_"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+#: The desk's languages, Hindi first as on the source app.
+LOCALES = ("hi", "en")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,14 @@ class DeskSettings:
     session_idle_timeout: int = 30 * MINUTES
     #: How much of a file is decrypted into memory to read its embedded metadata.
     max_inspect_bytes: int = 64 * MIB
+    #: The language the desk starts in; an officer's choice (a cookie) overrides it.
+    default_locale: str = "hi"
+    #: IANA name of the deployment's time zone: every time the desk shows is in it.
+    time_zone: str = "Asia/Kolkata"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)  # checked by validate(); ZoneInfo caches instances
 
     @property
     def cache_dir(self) -> Path:
@@ -154,4 +165,11 @@ def validate(settings: DeskSettings) -> DeskSettings:
         raise ConfigError("request_timeout and session_idle_timeout must be positive")
     if settings.max_inspect_bytes < MIB:
         raise ConfigError("max_inspect_bytes must be at least 1 MiB")
+    if settings.default_locale not in LOCALES:
+        raise ConfigError(f"default_locale must be one of {', '.join(LOCALES)}")
+    try:
+        ZoneInfo(settings.time_zone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:  # ValueError: not a zone name at all
+        raise ConfigError(f"time_zone {settings.time_zone!r} is not a known time zone "
+                          "(an IANA name such as Asia/Kolkata)") from exc
     return settings
