@@ -91,6 +91,10 @@ class Case(Wire):
     replies: list[Reply]
     spam: bool = False
     identity_sealed: bool = False
+    # From the deployment's response targets: when the first reply is due, and whether that
+    # time has passed unanswered. Optional, so a gateway without targets is read as before.
+    reply_due_at: dt.datetime | None = None
+    overdue: bool = False
 
 
 class CasePage(Wire):
