@@ -126,12 +126,16 @@ def files_containing(roots: list[Path], needles: list[bytes]) -> list[str]:
 
 
 def write_desk_config(root: Path, gateway_url: str, gnupg_home: Path, *, port: int = 8090,
-                      socks_proxy: str | None = None) -> Path:
+                      socks_proxy: str | None = None, default_locale: str | None = "en") -> Path:
+    """A desk.toml; in English unless told (the tests read English pages; the Hindi default of
+    a desk.toml without ``default_locale`` is tested in tests/test_desk_i18n.py)."""
     root.mkdir(parents=True, exist_ok=True)
     config = root / "desk.toml"
     proxy = f'socks_proxy = "{socks_proxy}"\n' if socks_proxy else ""
+    locale = f'default_locale = "{default_locale}"\n' if default_locale else ""
     config.write_text(f'gateway_url = "{gateway_url}"\ngnupg_home = "{gnupg_home}"\n'
-                      f'data_dir = "data"\nexport_dir = "exports"\nport = {port}\n{proxy}', encoding="utf-8")
+                      f'data_dir = "data"\nexport_dir = "exports"\nport = {port}\n{proxy}{locale}',
+                      encoding="utf-8")
     return config
 
 

@@ -449,7 +449,7 @@ async def test_plaintext_never_lands_in_the_desk_data_dir(
                    files=[("photo.jpg", "image/jpeg", photo)])
     await desk_login(browser, totp)
     inbox = await desk_sync(browser)
-    assert "Synced 1 cases: 2 new objects downloaded" in inbox
+    assert "Synced 1 case. 2 new objects downloaded." in inbox
     case_url = re.search(r'href="(/cases/\d+)"', inbox)
     assert case_url and "Liquor sold" in inbox
     page = (await browser.get(case_url.group(1))).text
@@ -684,7 +684,7 @@ async def test_a_case_deleted_on_the_server_leaves_the_desk_at_the_next_sync(
         name = core.store.write_bytes(b"reply ciphertext", case_public_id=public_id, role="reply")
         db.add(Reply(case_id=gone, object_name=name, size=16))
     await desk_login(browser, totp)
-    assert "Synced 2 cases: 4 new objects downloaded" in await desk_sync(browser)
+    assert "Synced 2 cases. 4 new objects downloaded." in await desk_sync(browser)
     assert "Retained away soon" in (await browser.get(f"/cases/{gone}")).text  # decrypted now
     cache = desk_settings.cache_dir
     casebook = desk_app.extensions["cpcp_desk"].casebook
@@ -706,7 +706,7 @@ async def test_a_case_deleted_on_the_server_leaves_the_desk_at_the_next_sync(
     assert [r.case_id for r in report.removed] == [gone]
 
     inbox = await desk_sync(browser)
-    assert "Synced 1 cases" in inbox and "1 cases removed (deleted on the server or no longer yours)" in inbox
+    assert "Synced 1 case." in inbox and "1 case removed (deleted on the server or no longer yours)." in inbox
     assert not (cache / "cases" / f"{gone}.json").exists()
     assert not any((cache / "docs" / f"{d}.gpg").exists() for d in mine)
     assert list((cache / "replies").iterdir()) == []

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from quart import Quart
 
-from . import views, web
+from . import i18n, views, web
 from .cache import Cache
 from .casebook import Casebook
 from .client import GatewayClient
@@ -57,7 +57,8 @@ def create_app(settings: DeskSettings, *, gateway: GatewayClient | None = None,
     sessions = MemorySessions(idle_timeout=settings.session_idle_timeout)
     desk = Desk(
         settings=settings, cache=cache, crypto=crypto, casebook=casebook,
-        exporter=Exporter(export_dir=settings.export_dir, cache=cache, casebook=casebook, crypto=crypto),
+        exporter=Exporter(export_dir=settings.export_dir, cache=cache, casebook=casebook, crypto=crypto,
+                          zone=settings.zone),
         sessions=sessions, csrf_secret=secrets.token_bytes(32), gateway=gateway,
     )
     app.extensions["cpcp_desk"] = desk
@@ -69,6 +70,7 @@ def create_app(settings: DeskSettings, *, gateway: GatewayClient | None = None,
     # python-gnupg logs gpg's output at debug level: keep it quiet.
     logging.getLogger("gnupg").setLevel(logging.ERROR)
     web.install(app, allowed_hosts=settings.allowed_hosts)
+    i18n.install(app, default_locale=settings.default_locale, zone=settings.zone)
     views.install(app)
     own_gateway = gateway is None
 

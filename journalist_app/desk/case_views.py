@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -16,7 +15,9 @@ from .casebook import FileView
 from .errors import CryptoError, ExportError, GatewayError, NotCached, Rejected, Unauthorized
 from .export import safe_name
 from .forms import ActionForm, CaseForm, DisclosureForm, ReplyForm, SpamForm
-from .pages import bind, checked_form, desk, flash, officer_client, page
+from .i18n import _, ngettext
+from .inbox import PRIORITY_LABELS, STATUS_LABELS
+from .pages import bind, checked_form, desk, flash, officer_client, page, unit_names
 from .replies import send_reply
 from .wire import Case, CaseChanges, Disclosure
 
@@ -24,7 +25,7 @@ from .wire import Case, CaseChanges, Disclosure
 def cached_case(case_id: int) -> Case:
     case = desk().cache.case(case_id)
     if case is None:
-        abort(404, "No such case at this desk. Sync first, or it is not one of your units'.")
+        abort(404, _("No such case at this desk. Sync first, or it is not one of your units'."))
     return case
 
 
@@ -35,7 +36,10 @@ def case_form(case: Case, formdata: Any = None) -> Any:
         "status": case.status, "priority": case.priority,
         "assignee": str(case.assignee or ""), "labels": ", ".join(case.labels),
     })
-    form.assignee.choices = [SelectChoice("", "nobody")] + [
+    # Choices in the page's language (the form classes are built once, at import).
+    form.status.choices = [SelectChoice(s, _(label)) for s, label in STATUS_LABELS.items()]
+    form.priority.choices = [SelectChoice(p, _(label)) for p, label in PRIORITY_LABELS.items()]
+    form.assignee.choices = [SelectChoice("", _("nobody"))] + [
         SelectChoice(str(o.id), f"{o.name} ({o.handle})") for o in officers]
     return form
 
@@ -52,13 +56,26 @@ async def my_disclosures(case: Case) -> tuple[list[Disclosure], str | None]:
         return [], str(exc)
 
 
+async def _report(document_id: int, limit: int) -> filemeta.MetadataReport | None:
+    """None where the file cannot be read here: its own link says why, the page still shows."""
+    try:
+        return await desk().casebook.file_report(document_id, limit)
+    except (CryptoError, NotCached):
+        return None
+
+
 async def case_page(case: Case, *, status: int = 200, reply_form: Any = None, form: Any = None,
                     disclosure_form: Any = None) -> Response:
     conversation = await desk().casebook.conversation(case)
     unit = conversation.unit
     officers = {o.id: o.name for o in unit.officers} if unit else {}
     disclosures, disclosure_problem = await my_disclosures(case)
+    # Each synced file's embedded metadata, so that a warning stands next to the file itself.
+    limit = desk().settings.max_inspect_bytes
+    reports = {f.document.id: await _report(f.document.id, limit)
+               for s in conversation.submissions for f in s.files if f.cached}
     return await page("case.html", status=status, c=conversation, case=case, officers=officers,
+                      unit_name=unit_names().get(case.unit, case.unit), reports=reports,
                       reply_form=reply_form or bind(ReplyForm), case_form=form or case_form(case),
                       disclosure_form=disclosure_form or bind(DisclosureForm), disclosures=disclosures,
                       disclosure_problem=disclosure_problem, spam_form=bind(SpamForm))
@@ -67,7 +84,7 @@ async def case_page(case: Case, *, status: int = 200, reply_form: Any = None, fo
 async def file_of(case: Case, document_id: int) -> FileView:
     view = await desk().casebook.file(case, document_id)
     if view is None:
-        abort(404, "No such file in this case.")
+        abort(404, _("No such file in this case."))
     return view
 
 
@@ -87,9 +104,9 @@ def install(app: Quart) -> None:
         except Unauthorized:
             raise
         except (GatewayError, CryptoError) as exc:
-            flash(f"The reply was not sent: {exc}", "error")
+            flash(_("The reply was not sent: %(problem)s", problem=exc), "error")
             return await case_page(case, status=502, reply_form=form)
-        flash("Reply encrypted at this desk and sent.")
+        flash(_("Reply encrypted at this desk and sent."))
         return redirect(url_for("case_view", case_id=case.id), 303)
 
     @app.post("/cases/<int:case_id>/update")
@@ -106,10 +123,10 @@ def install(app: Quart) -> None:
         try:
             updated = await officer_client().update_case(case.id, changes)
         except Rejected as exc:
-            flash(f"Not changed: {exc}", "error")
+            flash(_("Not changed: %(problem)s", problem=exc), "error")
             return redirect(url_for("case_view", case_id=case.id), 303)
         await desk().cache.store_case(updated)
-        flash("Case updated.")
+        flash(_("Case updated."))
         return redirect(url_for("case_view", case_id=case.id), 303)
 
     @app.post("/cases/<int:case_id>/export")
@@ -121,10 +138,12 @@ def install(app: Quart) -> None:
         except Unauthorized:
             raise
         except (ExportError, GatewayError) as exc:
-            flash(f"Not exported: {exc}", "error")
+            flash(_("Not exported: %(problem)s", problem=exc), "error")
             return redirect(url_for("case_view", case_id=case.id), 303)
-        flash(f"Exported {result.files} files to {result.folder} (MANIFEST.sha256 lists their SHA-256); "
-              "the export is recorded in the audit log.")
+        flash(ngettext("Exported %(num)d file to %(folder)s (MANIFEST.sha256 lists its SHA-256); "
+                       "the export is recorded in the audit log.",
+                       "Exported %(num)d files to %(folder)s (MANIFEST.sha256 lists their SHA-256); "
+                       "the export is recorded in the audit log.", result.files, folder=result.folder))
         return redirect(url_for("case_view", case_id=case.id), 303)
 
     @app.get("/cases/<int:case_id>/files/<int:document_id>")
@@ -146,13 +165,11 @@ def install(app: Quart) -> None:
     async def metadata(case_id: int, document_id: int) -> ResponseReturnValue:
         case = cached_case(case_id)
         view = await file_of(case, document_id)
-        path = desk().cache.require_document(view.document.id)
-        data, truncated = await desk().crypto.decrypt_head(path, desk().settings.max_inspect_bytes)
-        report = await asyncio.to_thread(filemeta.inspect, data, truncated=truncated)
-        del data
+        desk().cache.require_document(view.document.id)  # not synced: NotCached, "press Sync"
+        report = await desk().casebook.file_report(view.document.id, desk().settings.max_inspect_bytes)
         return await page("file_meta.html", case=case, file=view, report=report)
 
     @app.errorhandler(NotCached)
     async def not_cached(exc: NotCached) -> ResponseReturnValue:
-        flash(f"{exc}: press Sync.", "error")
+        flash(_("%(problem)s: press Sync.", problem=exc), "error")
         return redirect(url_for("inbox"), 303)

@@ -13,9 +13,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import filemeta
 from .cache import Cache
 from .crypto import DeskCrypto
 from .errors import CryptoError, NotCached
+from .i18n import N_
 from .wire import Case, Document, Reply, Submission, Unit
 
 
@@ -134,12 +136,15 @@ class Casebook:
         self._crypto = crypto
         self._messages: dict[int, Message] = {}
         self._replies: dict[int, str] = {}
+        # What each file says about itself: read from its plaintext, so kept as the messages are.
+        self._reports: dict[int, filemeta.MetadataReport] = {}
         self._gate = asyncio.Semaphore(concurrency)
 
     def forget(self) -> None:
         """Drop every decrypted message and reply from memory (logout)."""
         self._messages.clear()
         self._replies.clear()
+        self._reports.clear()
 
     def drop_uncached(self) -> int:
         """Drop decrypted messages and replies whose ciphertext the cache no longer holds (a
@@ -150,6 +155,8 @@ class Casebook:
             del self._messages[doc_id]
         for reply_id in gone_replies:
             del self._replies[reply_id]
+        for doc_id in [d for d in self._reports if not self._cache.has_document(d)]:
+            del self._reports[doc_id]
         return len(gone) + len(gone_replies)
 
     async def message(self, document_id: int) -> Message:
@@ -173,17 +180,17 @@ class Casebook:
     async def _try_message(self, submission: Submission) -> tuple[Message | None, str | None]:
         doc = message_document(submission)
         if doc is None:
-            return None, "no message document"
+            return None, N_("no message document")
         try:
             return await self.message(doc.id), None
         except NotCached:
-            return None, "not synced yet"
+            return None, N_("not synced yet")
         except CryptoError as exc:
             return None, str(exc)
 
     async def summary(self, case: Case) -> CaseSummary:
         if not case.submissions:
-            return CaseSummary(case, None, None, "", "", "no submission")
+            return CaseSummary(case, None, None, "", "", N_("no submission"))
         message, problem = await self._try_message(case.submissions[0])
         texts = [message.text] if message else []
         for submission in case.submissions[1:]:  # follow-ups are searched too
@@ -212,9 +219,23 @@ class Casebook:
         try:
             return ReplyView(reply, await self.reply_text(reply.id), None)
         except NotCached:
-            return ReplyView(reply, None, "deleted by the source" if reply.deleted_by_source else "not synced yet")
+            return ReplyView(reply, None, N_("deleted by the source") if reply.deleted_by_source
+                             else N_("not synced yet"))
         except CryptoError as exc:
             return ReplyView(reply, None, str(exc))
+
+    async def file_report(self, document_id: int, limit: int) -> filemeta.MetadataReport:
+        """The embedded metadata of a synced file, from the first ``limit`` bytes of its
+        plaintext (decrypted in memory, then dropped)."""
+        found = self._reports.get(document_id)
+        if found is None:
+            path = self._cache.require_document(document_id)
+            async with self._gate:
+                data, truncated = await self._crypto.decrypt_head(path, limit)
+            found = await asyncio.to_thread(filemeta.inspect, data, truncated=truncated)
+            del data
+            self._reports[document_id] = found
+        return found
 
     async def file(self, case: Case, document_id: int) -> FileView | None:
         """A file document of this case with its listed name, or None if it is not one."""

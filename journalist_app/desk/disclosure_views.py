@@ -10,7 +10,8 @@ from .case_views import cached_case, case_page
 from .disclosures import approve_and_disclose, read_disclosure
 from .errors import CryptoError, GatewayError, NotFound, Rejected, Unauthorized
 from .forms import ActionForm, DisclosureForm, SpamForm
-from .pages import checked_form, desk, error_page, flash, officer_client, page
+from .i18n import _
+from .pages import checked_form, desk, error_page, flash, officer_client, page, unit_names
 from .wire import CaseChanges
 
 
@@ -20,16 +21,16 @@ def install(app: Quart) -> None:
         form = await checked_form(SpamForm)
         case = cached_case(case_id)
         if not form.validate():
-            return await error_page(400, "Choose spam or not spam.")
+            return await error_page(400, _("Choose spam or not spam."))
         spam = form.spam.data == "1"
         try:
             updated = await officer_client().update_case(case.id, CaseChanges(spam=spam))
         except Rejected as exc:
-            flash(f"Not changed: {exc}", "error")
+            flash(_("Not changed: %(problem)s", problem=exc), "error")
             return redirect(url_for("case_view", case_id=case.id), 303)
         await desk().cache.store_case(updated)
-        flash("Marked as spam: hidden from the inbox (see the spam view); further messages raise no alert."
-              if spam else "No longer spam: back in the inbox.")
+        flash(_("Marked as spam: hidden from the inbox (see the spam view); further messages raise no alert.")
+              if spam else _("No longer spam: back in the inbox."))
         return redirect(url_for("case_view", case_id=case.id), 303)
 
     @app.post("/cases/<int:case_id>/disclosure-requests")
@@ -43,16 +44,16 @@ def install(app: Quart) -> None:
         except Unauthorized:
             raise
         except (Rejected, NotFound) as exc:
-            flash(f"Not requested: {exc}", "error")
+            flash(_("Not requested: %(problem)s", problem=exc), "error")
             return redirect(url_for("case_view", case_id=case.id), 303)
-        flash("Disclosure requested; a custodian will decide.")
+        flash(_("Disclosure requested; a custodian will decide."))
         return redirect(url_for("case_view", case_id=case.id), 303)
 
     @app.get("/disclosures")
     async def disclosures() -> ResponseReturnValue:
         requests = await officer_client().disclosures()
         return await page("disclosures.html", requests=list(reversed(requests)),
-                          custodian=bool(session.get("custodian")))
+                          custodian=bool(session.get("custodian")), unit_names=unit_names())
 
     async def decide(request_id: int, approve: bool) -> ResponseReturnValue:
         await checked_form(ActionForm)
@@ -60,17 +61,17 @@ def install(app: Quart) -> None:
             if approve:
                 found = next((r for r in await officer_client().disclosures() if r.id == request_id), None)
                 if found is None:
-                    return await error_page(404, "No such disclosure request.")
+                    return await error_page(404, _("No such disclosure request."))
                 await approve_and_disclose(officer_client(), desk().crypto, found)
             else:
                 await officer_client().decide_disclosure(request_id, approve=False)
         except Unauthorized:
             raise
         except (GatewayError, CryptoError) as exc:
-            flash(f"Not done: {exc}", "error")
+            flash(_("Not done: %(problem)s", problem=exc), "error")
             return redirect(url_for("disclosures"), 303)
-        flash("Approved: the details were re-encrypted at this desk to the requesting officer's key "
-              "and sent." if approve else "Refused.")
+        flash(_("Approved: the details were re-encrypted at this desk to the requesting officer's key "
+                "and sent.") if approve else _("Refused."))
         return redirect(url_for("disclosures"), 303)
 
     @app.post("/disclosures/<int:request_id>/approve")
@@ -87,9 +88,9 @@ def install(app: Quart) -> None:
         client = officer_client()
         found = next((r for r in await client.disclosures() if r.id == request_id), None)
         if found is None:
-            return await error_page(404, "No such disclosure request of yours.")
+            return await error_page(404, _("No such disclosure request of yours."))
         try:
             contact = await read_disclosure(client, desk().crypto, request_id)
         except (Rejected, NotFound) as exc:
-            return await error_page(409, f"Nothing to show: {exc}")
+            return await error_page(409, _("Nothing to show: %(problem)s", problem=exc))
         return await page("disclosure.html", request=found, contact=contact)

@@ -20,7 +20,9 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from . import timefmt
 from ._fs import write_all, write_new
 from .cache import Cache
 from .casebook import Casebook, Conversation, file_documents
@@ -51,18 +53,20 @@ def _mkdir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=False)
 
 
-def _document(conversation: Conversation) -> dict[str, Any]:
+def _document(conversation: Conversation, zone: ZoneInfo) -> dict[str, Any]:
+    """message.json: times in ISO 8601 with the deployment's offset, so that whoever reads the
+    export sees the clock of the place, and a program can still parse them."""
     case = conversation.case
     return {
         "case": case.public_id, "unit": case.unit, "status": case.status, "priority": case.priority,
-        "labels": case.labels, "received_at": case.received_at.isoformat(),
+        "labels": case.labels, "time_zone": zone.key, "received_at": timefmt.iso(case.received_at, zone),
         "submissions": [
-            {"received_at": s.submission.received_at.isoformat(),
+            {"received_at": timefmt.iso(s.submission.received_at, zone),
              "message": s.message.raw if s.message else None, "problem": s.problem}
             for s in conversation.submissions
         ],
         "replies": [
-            {"sent_at": r.reply.sent_at.isoformat(), "text": r.text,
+            {"sent_at": timefmt.iso(r.reply.sent_at, zone), "text": r.text,
              "deleted_by_source": r.reply.deleted_by_source}
             for r in conversation.replies
         ],
@@ -70,8 +74,10 @@ def _document(conversation: Conversation) -> dict[str, Any]:
 
 
 class Exporter:
-    def __init__(self, *, export_dir: Path, cache: Cache, casebook: Casebook, crypto: DeskCrypto) -> None:
+    def __init__(self, *, export_dir: Path, cache: Cache, casebook: Casebook, crypto: DeskCrypto,
+                 zone: ZoneInfo) -> None:
         self._root = export_dir
+        self._zone = zone
         self._cache = cache
         self._casebook = casebook
         self._crypto = crypto
@@ -118,7 +124,7 @@ class Exporter:
                 lines.append(f"{digest}  {relative}")
                 total += size
                 count += 1
-        body = json.dumps(_document(conversation), ensure_ascii=False, indent=2).encode("utf-8")
+        body = json.dumps(_document(conversation, self._zone), ensure_ascii=False, indent=2).encode("utf-8")
         await asyncio.to_thread(write_new, work / "message.json", body)
         lines.append(f"{hashlib.sha256(body).hexdigest()}  message.json")
         manifest = ("\n".join(lines) + "\n").encode("utf-8")

@@ -11,7 +11,14 @@ from wtforms import Form, PasswordField, SelectChoice, SelectField, StringField,
 from wtforms.csrf.session import SessionCSRF
 from wtforms.validators import DataRequired, Length, Optional, Regexp
 
+from .i18n import N_
 from .wire import PRIORITIES, STATUSES
+
+# WTForms has no Hindi catalogue: every message a page can show is the desk's own, in English
+# here and translated where the page shows it.
+REQUIRED = N_("This field is required.")
+TOO_LONG = N_("This is too long.")
+NOT_A_CHOICE = N_("Not a valid choice.")  # WTForms' own wording for a select's unknown value
 
 MAX_REPLY_CHARS = 20_000
 
@@ -37,29 +44,30 @@ class ActionForm(CSRFForm):
 
 
 class LoginForm(CSRFForm):
-    handle = StringField(validators=[DataRequired(), Length(max=64)])
-    passphrase = PasswordField(validators=[DataRequired(), Length(max=1024)])
-    code = StringField(validators=[DataRequired(), Regexp(r"^\s*\d{6}\s*$", message="six digits")])
+    handle = StringField(validators=[DataRequired(REQUIRED), Length(max=64, message=TOO_LONG)])
+    passphrase = PasswordField(validators=[DataRequired(REQUIRED), Length(max=1024, message=TOO_LONG)])
+    code = StringField(validators=[DataRequired(REQUIRED), Regexp(r"^\s*\d{6}\s*$", message=N_("six digits"))])
 
 
 class ReplyForm(CSRFForm):
-    text = TextAreaField(validators=[DataRequired(), Length(max=MAX_REPLY_CHARS)])
+    text = TextAreaField(validators=[DataRequired(REQUIRED), Length(max=MAX_REPLY_CHARS, message=TOO_LONG)])
 
 
 class CaseForm(CSRFForm):
     status = SelectField(choices=[SelectChoice(s, s.replace("_", " ").capitalize()) for s in STATUSES],
-                         validators=[DataRequired()])
+                         validators=[DataRequired(REQUIRED)])
     priority = SelectField(choices=[SelectChoice(p, p.capitalize()) for p in PRIORITIES],
-                           validators=[DataRequired()])
+                           validators=[DataRequired(REQUIRED)])
     assignee = SelectField(choices=[SelectChoice("")], validators=[Optional()], validate_choice=True)
-    labels = StringField(validators=[Optional(), Length(max=500)])
+    labels = StringField(validators=[Optional(), Length(max=500, message=TOO_LONG)])
 
 
 class DisclosureForm(CSRFForm):
     """Ask a custodian for a source's sealed contact details: a reason is required."""
 
-    reason = TextAreaField(validators=[DataRequired(message="a reason is required"), Length(max=1000)])
+    reason = TextAreaField(validators=[DataRequired(message=N_("a reason is required")),
+                                       Length(max=1000, message=TOO_LONG)])
 
 
 class SpamForm(CSRFForm):
-    spam = SelectField(choices=[SelectChoice("1"), SelectChoice("0")], validators=[DataRequired()])
+    spam = SelectField(choices=[SelectChoice("1"), SelectChoice("0")], validators=[DataRequired(REQUIRED)])

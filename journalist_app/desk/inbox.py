@@ -4,38 +4,43 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from .casebook import CaseSummary
+from .i18n import N_
 
 NEW = frozenset({"received"})
 OPEN = frozenset({"received", "under_review", "action_taken"})
 WEEKS_SHOWN = 12
 
 KINDS = {
-    "information": "Information",
-    "complaint": "Complaint",
-    "suggestion": "Suggestion",
-    "event_feedback": "Event feedback",
+    "information": N_("Information"),
+    "complaint": N_("Complaint"),
+    "suggestion": N_("Suggestion"),
+    "event_feedback": N_("Event feedback"),
 }
 CATEGORIES = {
-    "suspicious_person": "Suspicious person",
-    "suspicious_vehicle": "Suspicious vehicle",
-    "criminal_activity": "Criminal activity",
-    "illegal_trade": "Illegal trade",
-    "traffic": "Traffic or road accident",
-    "law_and_order": "Law and order",
-    "social_safety": "Social safety",
-    "women_safety": "Harassment of women",
-    "other": "Other",
+    "suspicious_person": N_("Suspicious person"),
+    "suspicious_vehicle": N_("Suspicious vehicle"),
+    "criminal_activity": N_("Criminal activity"),
+    "illegal_trade": N_("Illegal trade"),
+    "traffic": N_("Traffic or road accident"),
+    "law_and_order": N_("Law and order"),
+    "social_safety": N_("Social safety"),
+    "women_safety": N_("Harassment of women"),
+    "other": N_("Other"),
 }
 STATUS_LABELS = {
-    "received": "Received",
-    "under_review": "Under review",
-    "action_taken": "Action taken",
-    "closed": "Closed",
+    "received": N_("Received"),
+    "under_review": N_("Under review"),
+    "action_taken": N_("Action taken"),
+    "closed": N_("Closed"),
 }
+PRIORITY_LABELS = {"low": N_("Low"), "normal": N_("Normal"), "high": N_("High"), "urgent": N_("Urgent")}
+DISCLOSURE_LABELS = {"pending": N_("pending"), "refused": N_("refused"), "approved": N_("approved"),
+                     "disclosed": N_("disclosed")}
+RISK_LABELS = {"high": N_("high"), "medium": N_("medium"), "low": N_("low")}
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,11 @@ class InboxFilter:
     text: str = ""
     # The inbox hides cases marked spam; the spam view (spam=1) shows only those.
     spam: bool = False
+    # From and To are days on the deployment's calendar, not UTC's.
+    zone: dt.tzinfo = dt.UTC
 
     @classmethod
-    def from_args(cls, args: Mapping[str, str]) -> InboxFilter:
+    def from_args(cls, args: Mapping[str, str], zone: dt.tzinfo = dt.UTC) -> InboxFilter:
         """From a query string; anything unparseable is ignored rather than an error."""
 
         def date(key: str) -> dt.date | None:
@@ -63,11 +70,11 @@ class InboxFilter:
         return cls(unit=args.get("unit", "")[:64], status=args.get("status", "")[:32],
                    kind=args.get("kind", "")[:32], category=args.get("category", "")[:32],
                    since=date("since"), until=date("until"), text=args.get("q", "").strip()[:200],
-                   spam=args.get("spam", "") == "1")
+                   spam=args.get("spam", "") == "1", zone=zone)
 
     def matches(self, row: CaseSummary) -> bool:
         case = row.case
-        day = case.received_at.astimezone(dt.UTC).date()
+        day = case.received_at.astimezone(self.zone).date()
         return (
             case.spam == self.spam
             and (not self.unit or case.unit == self.unit)
@@ -115,11 +122,13 @@ def _bars(rows: list[CaseSummary], key: str, labels: Mapping[str, str] | None = 
     return [Bar((labels or {}).get(k, k), new[k], opened[k]) for k in keys]
 
 
-def counts(rows: list[CaseSummary], unit_names: Mapping[str, str]) -> dict[str, list[Bar]]:
-    """New (received) and open (not closed) cases by unit, kind, category and week."""
+def counts(rows: list[CaseSummary], unit_names: Mapping[str, str],
+           translate: Callable[[str], str] = str) -> dict[str, list[Bar]]:
+    """New (received) and open (not closed) cases by unit, kind, category and week; the kind
+    and category names through ``translate`` (the page's language)."""
     return {
         "unit": _bars(rows, "unit", unit_names),
-        "kind": _bars(rows, "kind", KINDS),
-        "category": _bars(rows, "category", CATEGORIES),
+        "kind": _bars(rows, "kind", {k: translate(v) for k, v in KINDS.items()}),
+        "category": _bars(rows, "category", {k: translate(v) for k, v in CATEGORIES.items()}),
         "week": _bars(rows, "week"),
     }

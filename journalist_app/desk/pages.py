@@ -8,6 +8,7 @@ from quart import Response, current_app, render_template, request, session
 
 from .errors import Unauthorized
 from .forms import CSRFForm
+from .i18n import current_locale
 
 if TYPE_CHECKING:
     from . import Desk
@@ -30,6 +31,12 @@ def officer_client() -> GatewayClient:
     if not isinstance(token, str):
         raise Unauthorized("not logged in")
     return desk().require_gateway().with_token(token)
+
+
+def unit_names() -> dict[str, str]:
+    """Each unit's name in the page's language."""
+    hindi = current_locale() == "hi"
+    return {u.slug: u.name_hi if hindi else u.name_en for u in desk().cache.units()}
 
 
 def flash(message: str, kind: str = "notice") -> None:

@@ -12,7 +12,18 @@ from . import case_views, disclosure_views
 from .charts import bar_chart
 from .errors import AccountLocked, DeskError, GatewayError, GatewayUnreachable, Unauthorized
 from .forms import ActionForm, LoginForm
-from .inbox import CATEGORIES, KINDS, STATUS_LABELS, InboxFilter, apply, counts
+from .i18n import _, ngettext
+from .inbox import (
+    CATEGORIES,
+    DISCLOSURE_LABELS,
+    KINDS,
+    PRIORITY_LABELS,
+    RISK_LABELS,
+    STATUS_LABELS,
+    InboxFilter,
+    apply,
+    counts,
+)
 from .pages import (
     TOKEN,
     CsrfRefused,
@@ -23,6 +34,7 @@ from .pages import (
     flash,
     officer_client,
     page,
+    unit_names,
 )
 
 OPEN_ENDPOINTS = {"login", "login_post", "static"}
@@ -35,14 +47,15 @@ def install(app: Quart) -> None:
             return None
         if request.method == "GET":
             return redirect(url_for("login"), 303)
-        return await error_page(403, "Please log in first.")
+        return await error_page(403, _("Please log in first."))
 
     @app.context_processor
     async def template_globals() -> dict[str, Any]:
         return {
             "officer": session.get("name"), "action_form": bind(ActionForm),
             "flash": session.pop("flash", None), "kinds": KINDS, "categories": CATEGORIES,
-            "statuses": STATUS_LABELS,
+            "statuses": STATUS_LABELS, "priorities": PRIORITY_LABELS,
+            "disclosure_statuses": DISCLOSURE_LABELS, "risks": RISK_LABELS,
         }
 
     @app.get("/login")
@@ -55,18 +68,18 @@ def install(app: Quart) -> None:
     async def login_post() -> ResponseReturnValue:
         form = await checked_form(LoginForm)
         if not form.validate():
-            return await page("login.html", status=400, form=form, error="Please fill in every field.")
+            return await page("login.html", status=400, form=form, error=_("Please fill in every field."))
         gateway = desk().require_gateway()
         try:
             token = await gateway.login(form.handle.data.strip(), form.passphrase.data, form.code.data.strip())
             me = await gateway.with_token(token.token).me()
         except AccountLocked as exc:
-            return await page("login.html", status=423, form=bind(LoginForm), error=f"Refused: {exc}.")
+            return await page("login.html", status=423, form=bind(LoginForm), error=_("Refused: %(reason)s.", reason=exc))
         except Unauthorized:
             return await page("login.html", status=401, form=bind(LoginForm),
-                              error="Wrong handle, passphrase or code (a code works only once).")
+                              error=_("Wrong handle, passphrase or code (a code works only once)."))
         except GatewayError as exc:
-            return await page("login.html", status=502, form=bind(LoginForm), error=f"Gateway: {exc}")
+            return await page("login.html", status=502, form=bind(LoginForm), error=_("Gateway: %(problem)s", problem=exc))
         session.clear()
         session.regenerate()  # type: ignore[attr-defined]
         session.update({TOKEN: token.token, "name": me.name, "officer_id": me.id, "expires": token.expires_at,
@@ -88,9 +101,11 @@ def install(app: Quart) -> None:
     async def home() -> ResponseReturnValue:
         everything = await desk().casebook.summaries()
         rows = [r for r in everything if not r.case.spam]  # spam is counted apart, as in the inbox
-        names = {u.slug: u.name_en for u in desk().cache.units()}
-        charts = {key: bar_chart(bars, title=f"New and open cases by {key}")
-                  for key, bars in counts(rows, names).items()}
+        titles = {"unit": _("New and open cases by unit"), "kind": _("New and open cases by kind"),
+                  "category": _("New and open cases by category"),
+                  "week": _("New and open cases by week received")}
+        charts = {key: bar_chart(bars, title=titles[key])
+                  for key, bars in counts(rows, unit_names(), _).items()}
         return await page("home.html", charts=charts, total=len(rows),
                           new=sum(1 for r in rows if r.case.status == "received"),
                           open=sum(1 for r in rows if r.case.status != "closed"),
@@ -98,12 +113,12 @@ def install(app: Quart) -> None:
 
     @app.get("/inbox")
     async def inbox() -> ResponseReturnValue:
-        chosen = InboxFilter.from_args(request.args)
+        chosen = InboxFilter.from_args(request.args, desk().settings.zone)
         everything = await desk().casebook.summaries()
         rows = apply(everything, chosen)
         units = desk().cache.units()
         return await page("inbox.html", rows=rows, chosen=chosen, units=units,
-                          unit_names={u.slug: u.name_en for u in units},
+                          unit_names=unit_names(),
                           spam_count=sum(1 for r in everything if r.case.spam),
                           custodian=bool(session.get("custodian")))
 
@@ -115,15 +130,24 @@ def install(app: Quart) -> None:
         except Unauthorized:
             raise
         except GatewayError as exc:
-            flash(f"Sync stopped: {exc}. What was downloaded is kept; sync again to resume.", "error")
+            flash(_("Sync stopped: %(problem)s. What was downloaded is kept; sync again to resume.",
+                    problem=exc), "error")
             return redirect(url_for("inbox"), 303)
         finally:  # what a removed case decrypted leaves memory with its ciphertext
             desk().casebook.drop_uncached()
-        flash(f"Synced {report.cases} cases: {report.downloaded} new objects downloaded, "
-              f"{report.already_cached} already here"
-              + (f", {report.unavailable} no longer on the server" if report.unavailable else "")
-              + (f", {report.removed} cases removed (deleted on the server or no longer yours)"
-                 if report.removed else "") + ".")
+        # One sentence per figure, each with its own plural: "1 case", never "1 cases".
+        parts = [ngettext("Synced %(num)d case.", "Synced %(num)d cases.", report.cases),
+                 ngettext("%(num)d new object downloaded.", "%(num)d new objects downloaded.",
+                          report.downloaded),
+                 ngettext("%(num)d already here.", "%(num)d already here.", report.already_cached)]
+        if report.unavailable:
+            parts.append(ngettext("%(num)d no longer on the server.", "%(num)d no longer on the server.",
+                                  report.unavailable))
+        if report.removed:
+            parts.append(ngettext("%(num)d case removed (deleted on the server or no longer yours).",
+                                  "%(num)d cases removed (deleted on the server or no longer yours).",
+                                  report.removed))
+        flash(" ".join(parts))
         return redirect(url_for("inbox"), 303)
 
     case_views.install(app)
@@ -131,17 +155,17 @@ def install(app: Quart) -> None:
 
     @app.errorhandler(CsrfRefused)
     async def csrf_refused(exc: CsrfRefused) -> Response:
-        return await error_page(400, "This form was too old or not from this desk. Go back, reload and try again.")
+        return await error_page(400, _("This form was too old or not from this desk. Go back, reload and try again."))
 
     @app.errorhandler(Unauthorized)
     async def unauthorized(exc: Unauthorized) -> ResponseReturnValue:
         session.clear()
-        flash("Your login has ended. Please log in again.", "error")
+        flash(_("Your login has ended. Please log in again."), "error")
         return redirect(url_for("login"), 303)
 
     @app.errorhandler(GatewayUnreachable)
     async def unreachable(exc: GatewayUnreachable) -> Response:
-        return await error_page(502, f"The gateway could not be reached: {exc}. Is Tor running?")
+        return await error_page(502, _("The gateway could not be reached: %(problem)s. Is Tor running?", problem=exc))
 
     @app.errorhandler(DeskError)
     async def desk_error(exc: DeskError) -> Response:
@@ -149,11 +173,11 @@ def install(app: Quart) -> None:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
-        return await error_page(exc.code or 500, exc.description or exc.name)
+        return await error_page(exc.code or 500, _(exc.description or exc.name))
 
     @app.errorhandler(Exception)
     async def crash(exc: Exception) -> Response:
         # Logged without the request's content: no form, no plaintext.
         current_app.logger.error("unhandled %s in %s", type(exc).__name__, request.endpoint,
                                  exc_info=current_app.debug)
-        return await error_page(500, "Something went wrong at the desk. Nothing was sent.")
+        return await error_page(500, _("Something went wrong at the desk. Nothing was sent."))
