@@ -194,6 +194,18 @@ def row_of(page: str, case_id: int) -> str:
     return found.group(0)
 
 
+async def test_the_language_is_chosen_before_logging_in(offline_desk: tuple[Quart, DeskClient]) -> None:
+    app, _ = offline_desk
+    stranger = app.test_client()  # no session
+    login = await text_of(stranger, "/login")
+    assert '<html lang="hi">' in login and "गेटवे पर लॉग इन करें" in login
+    r = await stranger.get("/lang/en?next=/login", headers=HOST)
+    assert r.status_code == 303 and r.headers["Location"] == "/login"
+    login = await text_of(stranger, "/login")
+    assert '<html lang="en">' in login and "Log in to the gateway" in login
+    assert (await stranger.get("/inbox", headers=HOST)).headers["Location"] == "/login"  # still locked
+
+
 def test_the_wire_model_reads_a_gateway_with_and_without_response_targets() -> None:
     assert (wire_case(3).reply_due_at, wire_case(3).overdue) == (None, False)
     due = wire_case(1, reply_due_at="2026-12-02T03:15:00Z", overdue=True)

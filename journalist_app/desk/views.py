@@ -37,7 +37,8 @@ from .pages import (
     unit_names,
 )
 
-OPEN_ENDPOINTS = {"login", "login_post", "static"}
+# The language link too: an officer chooses the language before logging in.
+OPEN_ENDPOINTS = {"login", "login_post", "static", "set_language"}
 
 
 def install(app: Quart) -> None:
