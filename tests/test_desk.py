@@ -540,6 +540,11 @@ async def test_export_writes_files_and_a_manifest_that_verifies_and_is_audited(
     assert by_suffix["_.._etc_passwd"] == b"not a path"
     message = json.loads((folder / "message.json").read_text())
     assert message["submissions"][0]["message"]["text"] == "procession route blocked"
+    # Times for a person reading the export: the deployment's clock, its offset and zone named.
+    assert message["time_zone"] == "Asia/Kolkata"
+    received = dt.datetime.fromisoformat(message["submissions"][0]["received_at"])
+    assert received.utcoffset() == dt.timedelta(hours=5, minutes=30)
+    assert abs(received - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=10)
     assert details["manifest_sha256"] == hashlib.sha256((folder / "MANIFEST.sha256").read_bytes()).hexdigest()
     assert oct((folder / "message.json").stat().st_mode & 0o777) == "0o600"
     # Exporting again does not overwrite evidence.
