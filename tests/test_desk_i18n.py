@@ -22,9 +22,10 @@ from quart import Quart
 from quart.typing import TestClientProtocol as DeskClient
 
 from cpcp.services import CoreServices
-from journalist_app.desk import create_app, timefmt
+from journalist_app.desk import create_app, serve, timefmt
 from journalist_app.desk.errors import ConfigError
 from journalist_app.desk.i18n import LANG_COOKIE, load_translations
+from journalist_app.desk.inbox import iso_week
 from journalist_app.desk.pages import TOKEN
 from journalist_app.desk.settings import load_desk_settings
 from journalist_app.desk.wire import Case
@@ -127,6 +128,9 @@ def test_a_time_is_shown_in_the_deployment_zone_with_the_zone_named() -> None:
     assert timefmt.show(KNOWN.replace(tzinfo=None), kolkata, "en") == "2 Dec 2026, 08:45 IST"  # naive = UTC
     assert timefmt.show(KNOWN, ZoneInfo("Europe/London"), "en") == "2 Dec 2026, 03:15 GMT"
     assert timefmt.iso(KNOWN, kolkata) == "2026-12-02T08:45:00+05:30"
+    # Sunday 20:00 UTC is already Monday in India: the home page's weekly chart counts it there.
+    sunday_evening = dt.datetime(2026, 12, 6, 20, 0, tzinfo=dt.UTC)
+    assert (iso_week(sunday_evening), iso_week(sunday_evening, kolkata)) == ("2026-W49", "2026-W50")
 
 
 def test_time_zone_and_language_settings(tmp_path: Path, officer_gnupg: Path) -> None:
@@ -141,6 +145,16 @@ def test_time_zone_and_language_settings(tmp_path: Path, officer_gnupg: Path) ->
             load_desk_settings(config, env={"CPCP_DESK_TIME_ZONE": bad})
     with pytest.raises(ConfigError, match="default_locale"):
         load_desk_settings(config, env={"CPCP_DESK_DEFAULT_LOCALE": "fr"})
+
+
+def test_a_desk_with_an_unknown_zone_refuses_to_start_and_says_which_setting(
+    tmp_path: Path, officer_gnupg: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_desk_config(tmp_path, "http://127.0.0.1:9", officer_gnupg)
+    config.write_text(config.read_text() + 'time_zone = "India/Lucknow"\n')
+    assert serve.main(["--config", str(config)]) == 2
+    assert capsys.readouterr().err == ("cpcp-desk: time_zone 'India/Lucknow' is not a known time zone "
+                                       "(an IANA name such as Asia/Kolkata)\n")
 
 
 def test_the_example_settings_load_with_the_defaults(tmp_path: Path) -> None:

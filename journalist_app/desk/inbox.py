@@ -101,17 +101,18 @@ class Bar:
     open: int
 
 
-def iso_week(when: dt.datetime) -> str:
-    year, week, _ = when.astimezone(dt.UTC).isocalendar()
+def iso_week(when: dt.datetime, zone: dt.tzinfo = dt.UTC) -> str:
+    year, week, _ = when.astimezone(zone).isocalendar()
     return f"{year}-W{week:02d}"
 
 
-def _bars(rows: list[CaseSummary], key: str, labels: Mapping[str, str] | None = None) -> list[Bar]:
+def _bars(rows: list[CaseSummary], key: str, labels: Mapping[str, str] | None = None,
+          zone: dt.tzinfo = dt.UTC) -> list[Bar]:
     new: Counter[str] = Counter()
     opened: Counter[str] = Counter()
     for row in rows:
         value = {"unit": row.case.unit, "kind": row.kind, "category": row.category,
-                 "week": iso_week(row.case.received_at)}[key] or "(unknown)"
+                 "week": iso_week(row.case.received_at, zone)}[key] or "(unknown)"
         if row.case.status in NEW:
             new[value] += 1
         if row.case.status in OPEN:
@@ -123,12 +124,12 @@ def _bars(rows: list[CaseSummary], key: str, labels: Mapping[str, str] | None = 
 
 
 def counts(rows: list[CaseSummary], unit_names: Mapping[str, str],
-           translate: Callable[[str], str] = str) -> dict[str, list[Bar]]:
-    """New (received) and open (not closed) cases by unit, kind, category and week; the kind
-    and category names through ``translate`` (the page's language)."""
+           translate: Callable[[str], str] = str, zone: dt.tzinfo = dt.UTC) -> dict[str, list[Bar]]:
+    """New (received) and open (not closed) cases by unit, kind, category and week (on the
+    deployment's calendar); the kind and category names through ``translate``."""
     return {
         "unit": _bars(rows, "unit", unit_names),
         "kind": _bars(rows, "kind", {k: translate(v) for k, v in KINDS.items()}),
         "category": _bars(rows, "category", {k: translate(v) for k, v in CATEGORIES.items()}),
-        "week": _bars(rows, "week"),
+        "week": _bars(rows, "week", zone=zone),
     }

@@ -106,7 +106,7 @@ def install(app: Quart) -> None:
                   "category": _("New and open cases by category"),
                   "week": _("New and open cases by week received")}
         charts = {key: bar_chart(bars, title=titles[key])
-                  for key, bars in counts(rows, unit_names(), _).items()}
+                  for key, bars in counts(rows, unit_names(), _, desk().settings.zone).items()}
         return await page("home.html", charts=charts, total=len(rows),
                           new=sum(1 for r in rows if r.case.status == "received"),
                           open=sum(1 for r in rows if r.case.status != "closed"),
