@@ -26,6 +26,21 @@ from .pages import (
 )
 
 OPEN_ENDPOINTS = {"login", "login_post", "static"}
+#: The inbox reloads itself this often (the desk runs no script), and warns when the gateway
+#: has been silent for longer than LATE seconds.
+INBOX_REFRESH = 15
+LATE = 90
+
+
+def feed_status() -> dict[str, Any]:
+    """What the inbox says about following the gateway: when it last answered, and trouble."""
+    follower = desk().follower
+    heard = follower.last_heard
+    ago = follower.heard_ago()
+    return {"state": follower.state, "problem": follower.problem, "refresh": INBOX_REFRESH,
+            "heard": heard.strftime("%H:%M:%S") if heard else None,
+            "ago": None if ago is None else int(ago),
+            "late": follower.state != "off" and (ago is None or ago > LATE or follower.state != "following")}
 
 
 def install(app: Quart) -> None:
@@ -39,8 +54,10 @@ def install(app: Quart) -> None:
 
     @app.context_processor
     async def template_globals() -> dict[str, Any]:
+        follower = desk().follower
         return {
             "officer": session.get("name"), "action_form": bind(ActionForm),
+            "unseen": len(follower.unseen) if session.get("name") else 0,
             "flash": session.pop("flash", None), "kinds": KINDS, "categories": CATEGORIES,
             "statuses": STATUS_LABELS,
         }
@@ -71,6 +88,8 @@ def install(app: Quart) -> None:
         session.regenerate()  # type: ignore[attr-defined]
         session.update({TOKEN: token.token, "name": me.name, "officer_id": me.id, "expires": token.expires_at,
                         "custodian": me.is_custodian})
+        if desk().settings.follow:
+            desk().follower.start(gateway.with_token(token.token))  # new tips come in by themselves
         return redirect(url_for("home"), 303)
 
     @app.post("/logout")
@@ -81,6 +100,7 @@ def install(app: Quart) -> None:
         except GatewayError:
             pass  # the token expires on its own; the desk forgets it either way
         session.clear()
+        await desk().follower.stop()
         desk().casebook.forget()
         return redirect(url_for("login"), 303)
 
@@ -102,7 +122,7 @@ def install(app: Quart) -> None:
         everything = await desk().casebook.summaries()
         rows = apply(everything, chosen)
         units = desk().cache.units()
-        return await page("inbox.html", rows=rows, chosen=chosen, units=units,
+        return await page("inbox.html", rows=rows, chosen=chosen, units=units, feed=feed_status(),
                           unit_names={u.slug: u.name_en for u in units},
                           spam_count=sum(1 for r in everything if r.case.spam),
                           custodian=bool(session.get("custodian")))
