@@ -33,11 +33,13 @@ LATE = 90
 
 
 def feed_status() -> dict[str, Any]:
-    """What the inbox says about following the gateway: when it last answered, and trouble."""
+    """What the inbox says about following the gateway: when it last answered, and trouble;
+    whether it reloads itself (the officer's choice, kept in the session)."""
     follower = desk().follower
     heard = follower.last_heard
     ago = follower.heard_ago()
     return {"state": follower.state, "problem": follower.problem, "refresh": INBOX_REFRESH,
+            "live": follower.state != "off" and bool(session.get("live")),
             "heard": heard.strftime("%H:%M:%S") if heard else None,
             "ago": None if ago is None else int(ago),
             "late": follower.state != "off" and (ago is None or ago > LATE or follower.state != "following")}
@@ -126,6 +128,12 @@ def install(app: Quart) -> None:
                           unit_names={u.slug: u.name_en for u in units},
                           spam_count=sum(1 for r in everything if r.case.spam),
                           custodian=bool(session.get("custodian")))
+
+    @app.post("/inbox/live")
+    async def inbox_live() -> ResponseReturnValue:
+        await checked_form(ActionForm)
+        session["live"] = not session.get("live")
+        return redirect(url_for("inbox"), 303)
 
     @app.post("/sync")
     async def sync() -> ResponseReturnValue:
