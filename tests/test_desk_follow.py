@@ -324,3 +324,44 @@ def test_notifications_can_be_switched_off(tmp_path: Path, officer_gnupg: Path) 
     assert not off.desktop_notifications
     app: Quart = create_app(off)
     assert isinstance(app.extensions["cpcp_desk"].follower._notifier, NoNotifier)
+
+
+async def test_what_the_feed_does_not_carry_comes_with_the_periodic_full_sync(
+    tmp_path: Path, gateway_server: Server, totp: pyotp.TOTP, core: CoreServices, officer_gnupg: Path,
+) -> None:
+    """A colleague's status change moves no cursor: the follower's full sync every
+    RESYNC_EVERY seconds (clock injected) brings it in."""
+    from cpcp.casework import CaseChanges
+    from cpcp.models import CaseStatus
+
+    from .test_desk import code
+
+    case_id = await make_tip(core, "control-room", "shared by both officers")
+    clock = [1000.0]
+    cache = Cache(tmp_path / "cache")
+    await cache.open()
+    crypto = DeskCrypto(officer_gnupg)
+    http = httpx.AsyncClient(base_url=gateway_server.url, timeout=10)
+    client = GatewayClient(http=http)
+    token = (await client.login("officer-a", PASSPHRASE, code(totp))).token
+    follower = Follower(cache=cache, casebook=Casebook(cache=cache, crypto=crypto), notifier=NoNotifier(),
+                        wait=1, resync_every=300, monotonic=lambda: clock[0])
+    try:
+        follower.start(client.with_token(token))
+        await until(lambda: _true(follower.synced.is_set()), 20)
+        case = cache.case(case_id)
+        assert case is not None and case.status == "received"
+        await core.officer_auth.enrol("officer-b", PASSPHRASE)
+        colleague = await core.officer_auth.identity("officer-b")
+        assert colleague is not None
+        await core.casework.update_case(colleague, case_id, CaseChanges(status=CaseStatus.UNDER_REVIEW))
+        follower.synced.clear()
+        await asyncio.sleep(2.5)  # polls answered empty; not yet time for a full sync
+        assert not follower.synced.is_set() and cache.case(case_id).status == "received"  # type: ignore[union-attr]
+        clock[0] += 301
+        await until(lambda: _true(follower.synced.is_set()), 10)
+        assert cache.case(case_id).status == "under_review"  # type: ignore[union-attr]
+    finally:
+        await follower.stop()
+        await http.aclose()
+        await asyncio.to_thread(crypto.close)

@@ -191,3 +191,25 @@ async def test_waiting_polls_share_one_database_check_per_tick(core: CoreService
     assert set(sleeps) == {1.0}
     await asyncio.sleep(0.1)
     assert feed._ticker is None or feed._ticker.done()  # nobody waits: nothing ticks
+
+
+async def test_a_follow_up_names_its_case_again(gateway: Quart, core: CoreServices) -> None:
+    from cpcp.codenames import generate_codename
+
+    token = await token_for(gateway, "officer-a", await enrol(core, "officer-a"))
+    login = await core.sources.create(generate_codename())
+    unit = await core.cases.unit_by_slug("ps-sadar-bazar")
+    cursor = (await poll(gateway, token))["cursor"]
+    answers = []
+    for text in ("first message", "a follow-up from the same source"):
+        async with core.intake.draft(unit) as draft:
+            await draft.add_message({"text": text})
+            await draft.commit(source_id=login.source_id, unit=unit)
+        answer = await poll(gateway, token, since=cursor, wait=0)
+        answers.append(answer)
+        cursor = answer["cursor"]
+    case = await core.cases.case_of_source(login.source_id)
+    assert case is not None
+    assert [a["cases"] for a in answers] == [[case.id], [case.id]]
+    assert [a["counts"] for a in answers] == [{"ps-sadar-bazar": 1}] * 2
+    assert answers[1]["cursor"] > answers[0]["cursor"]
