@@ -80,26 +80,25 @@ class ChangeFeed:
                 del self._waiting[officer_id]
 
     async def _wait(self, unit_ids: frozenset[int], since: int, wait: float) -> Changes:
-        found = await self._scoped(unit_ids, since)
-        if found.cases or found.reset or wait <= 0:
-            return found
         deadline = self._clock() + wait
-        self._start_ticker()
-        seen = found.cursor
-        while (left := deadline - self._clock()) > 0:
+        while True:
+            # The generation is taken before the query: news committed while it runs wakes us.
             news = self._news
-            if self._high <= seen:
-                try:
-                    await asyncio.wait_for(news.wait(), timeout=left)
-                except TimeoutError:
-                    break
-            if self._high > seen:  # something, somewhere: is it this officer's?
-                found = await self._scoped(unit_ids, since)
-                if found.cases:
-                    return found
-                seen = found.cursor
-        # Nothing for this officer up to what was last looked at: the next poll starts there.
-        return Changes(cursor=seen)
+            found = await self._scoped(unit_ids, since)
+            if found.cases or found.reset:
+                return found
+            if news.is_set() and self._high <= found.cursor:
+                news = self._news  # the rise was this query's own finding: nothing newer
+            left = deadline - self._clock()
+            if left <= 0:
+                # Nothing for this officer up to what was looked at: the next poll starts there.
+                return found
+            self._start_ticker()
+            try:
+                await asyncio.wait_for(news.wait(), timeout=left)
+            except TimeoutError:
+                return found
+            # Something, somewhere: the query above tells whether it is this officer's.
 
     async def _fetch_high(self) -> int:
         async with self._sessions() as db:
