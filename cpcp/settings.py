@@ -80,6 +80,9 @@ class GatewaySettings:
     token_ttl: int = 8 * 60 * MINUTES
     max_login_failures: int = 5
     lockout: int = 15 * MINUTES
+    # The longest a desk's poll of the change feed is held open (GET /api/v1/changes?wait=):
+    # under Tor's idle circuit limits, and short enough that a restart keeps no desk waiting.
+    feed_max_wait: int = 25
 
 
 @dataclass(frozen=True)
@@ -302,6 +305,8 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("database_url must use sqlite+aiosqlite:// or postgresql+asyncpg://")
     if settings.max_upload_bytes < 1 * MIB:
         raise ConfigError("max_upload_bytes must be at least 1 MiB")
+    if not 0 <= settings.gateway.feed_max_wait <= 60:
+        raise ConfigError("gateway.feed_max_wait must be between 0 and 60 seconds")
     if settings.kdf.memory_kib < 8 * KIB or settings.kdf.time_cost < 1:
         raise ConfigError("kdf settings are too weak (memory_kib >= 8192, time_cost >= 1)")
     src = settings.source

@@ -588,3 +588,34 @@ async def test_source_journey_with_the_keyboard_alone(site: Site, lang: str, wid
         await context.close()
     assert keys.stops > 10
     assert keys.unseen == [], "focus not visible (an outline of 2 px or more, on screen):\n" + "\n".join(keys.unseen)
+
+
+async def test_an_open_inbox_shows_a_new_tip_in_place_with_the_officer_doing_nothing(site: Site) -> None:
+    """A real browser sits on the inbox; a source sends a tip. The desk's follower fetches and
+    decrypts it, and the inbox's own script puts the row in place: no click, no reload (what
+    the officer half-typed in a field is still there), the title counts it, and the browser
+    reports no script refused by the page's CSP."""
+    from .test_desk_follow import submit_tip
+
+    secret = f"truck with fake number plates {secrets.token_hex(4)}"
+    async with chromium() as browser:
+        context = await browser.new_context(viewport={"width": 1280, "height": HEIGHT})
+        await context.add_cookies([{"name": DESK_COOKIE, "value": site.desk_sid, "url": site.desk.url}])
+        page = await context.new_page()
+        refused: list[str] = []
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        await goto(page, f"{site.desk.url}/inbox")
+        unseen = re.match(r"\((\d+)\) ", await page.title())
+        before = int(unseen.group(1)) if unseen else 0
+        await page.evaluate("window.stillThisPage = true")
+        await page.fill("input[name=q]", "half-typed")
+        await submit_tip(site.source, "ps-sadar-bazar", secret)
+        await page.wait_for_function(
+            "s => document.querySelector('table.cases tbody').textContent.includes(s)", arg=secret,
+            timeout=30_000)
+        assert await page.evaluate("window.stillThisPage === true")
+        assert await page.input_value("input[name=q]") == "half-typed"
+        assert (await page.title()).startswith(f"({before + 1}) ")
+        assert await page.text_content("#live-news") == "New cases have come in."
+        assert refused == []
+        await context.close()

@@ -138,7 +138,10 @@ async def totp(core: CoreServices) -> pyotp.TOTP:
 
 @pytest.fixture
 def desk_settings(tmp_path: Path, gateway_server: Server, officer_gnupg: Path) -> DeskSettings:
-    return load_desk_settings(write_desk_config(tmp_path / "desk", gateway_server.url, officer_gnupg), env={})
+    # These tests count what the Sync button fetches: no follower fetching behind their back
+    # (tests/test_desk_follow.py tests following).
+    return load_desk_settings(write_desk_config(tmp_path / "desk", gateway_server.url, officer_gnupg),
+                              env={"CPCP_DESK_FOLLOW": "false"})
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from .test_gateway import PASSPHRASE, make_case
 
 
 @pytest.fixture
-def gateway_server(deployment: Deployment) -> Iterator[Server]:
+def gateway_server(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     async def prepare() -> str:
         core = build_core(deployment.settings)
         try:
@@ -33,6 +33,8 @@ def gateway_server(deployment: Deployment) -> Iterator[Server]:
             await core.close()
 
     secret = asyncio.run(prepare())
+    # Generated polls of the change feed may ask to wait a minute: held at most one second.
+    monkeypatch.setenv("CPCP_GATEWAY__FEED_MAX_WAIT", "1")
     server = start_server(deployment, app="gateway")
     server.totp_secret = secret  # type: ignore[attr-defined]
     yield server

@@ -22,6 +22,8 @@ from .casebook import Casebook
 from .client import GatewayClient
 from .crypto import DeskCrypto
 from .export import Exporter
+from .follow import Follower
+from .notify import DesktopNotifier, NoNotifier, Notifier
 from .sessions import MemorySessions
 from .settings import DeskSettings
 
@@ -39,6 +41,7 @@ class Desk:
     exporter: Exporter
     sessions: MemorySessions
     csrf_secret: bytes
+    follower: Follower
     gateway: GatewayClient | None = None
 
     def require_gateway(self) -> GatewayClient:
@@ -47,7 +50,7 @@ class Desk:
 
 
 def create_app(settings: DeskSettings, *, gateway: GatewayClient | None = None,
-               crypto: DeskCrypto | None = None) -> Quart:
+               crypto: DeskCrypto | None = None, follower: Follower | None = None) -> Quart:
     """Build the desk. Fails closed (ConfigError) if the GnuPG home holds no private key."""
     app = Quart(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
     crypto = crypto or DeskCrypto(settings.gnupg_home, gpg_binary=settings.gpg_binary)
@@ -55,11 +58,13 @@ def create_app(settings: DeskSettings, *, gateway: GatewayClient | None = None,
     cache = Cache(settings.cache_dir)
     casebook = Casebook(cache=cache, crypto=crypto)
     sessions = MemorySessions(idle_timeout=settings.session_idle_timeout)
+    notifier: Notifier = DesktopNotifier(settings.session_bus) if settings.desktop_notifications else NoNotifier()
+    follower = follower or Follower(cache=cache, casebook=casebook, notifier=notifier, wait=settings.follow_wait)
     desk = Desk(
         settings=settings, cache=cache, crypto=crypto, casebook=casebook,
         exporter=Exporter(export_dir=settings.export_dir, cache=cache, casebook=casebook, crypto=crypto,
                           zone=settings.zone),
-        sessions=sessions, csrf_secret=secrets.token_bytes(32), gateway=gateway,
+        sessions=sessions, csrf_secret=secrets.token_bytes(32), follower=follower, gateway=gateway,
     )
     app.extensions["cpcp_desk"] = desk
     app.session_interface = sessions  # type: ignore[assignment]
@@ -82,6 +87,7 @@ def create_app(settings: DeskSettings, *, gateway: GatewayClient | None = None,
 
     @app.after_serving
     async def shutdown() -> None:
+        await follower.stop()
         casebook.forget()
         sessions.clear()
         if own_gateway and desk.gateway is not None:

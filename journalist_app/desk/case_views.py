@@ -91,7 +91,9 @@ async def file_of(case: Case, document_id: int) -> FileView:
 def install(app: Quart) -> None:
     @app.get("/cases/<int:case_id>")
     async def case_view(case_id: int) -> ResponseReturnValue:
-        return await case_page(cached_case(case_id))
+        case = cached_case(case_id)
+        desk().follower.seen(case.id)  # opened: no longer counted in the page title
+        return await case_page(case)
 
     @app.post("/cases/<int:case_id>/reply")
     async def reply(case_id: int) -> ResponseReturnValue:

@@ -32,6 +32,7 @@ from .wire import (
     Case,
     CaseChanges,
     CasePage,
+    Changes,
     Disclosure,
     DisclosureList,
     DocumentBatch,
@@ -151,6 +152,14 @@ class GatewayClient:
             if page.next_after_id is None or not page.cases:
                 return
             after = page.next_after_id
+
+    async def changes(self, since: int | None = None, *, wait: int = 0) -> Changes:
+        """The change feed: held by the gateway up to ``wait`` seconds when nothing changed
+        after ``since`` (so the read timeout allows for the wait)."""
+        params = {"wait": wait} if since is None else {"since": since, "wait": wait}
+        response = await self._request("GET", "/changes", params=params,
+                                       timeout=httpx.Timeout(60.0, read=wait + 60.0))
+        return self._parse(Changes, response)
 
     async def case(self, case_id: int) -> Case:
         return self._parse(Case, await self._request("GET", f"/cases/{case_id}"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from quart import Quart
@@ -15,6 +16,9 @@ from werkzeug.datastructures import CallbackDict
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 COOKIE = "cpcp_desk"
+#: Sent by the inbox's live update: such a request reads the session but does not keep it
+#: alive, so an open inbox still logs the officer out after ``idle_timeout``.
+PASSIVE_HEADER = "X-CPCP-Passive"
 
 
 class DeskSession(CallbackDict[str, Any], SessionMixin):
@@ -26,6 +30,7 @@ class DeskSession(CallbackDict[str, Any], SessionMixin):
         self.sid = sid
         self.modified = False
         self.rotate = False
+        self.passive = False  # asked with PASSIVE_HEADER: seen, but not renewed
 
     def regenerate(self) -> None:
         """A new id at the next save (at login, so a planted id is worthless)."""
@@ -34,8 +39,10 @@ class DeskSession(CallbackDict[str, Any], SessionMixin):
 
 
 class MemorySessions(SessionInterface):
-    def __init__(self, *, idle_timeout: float, max_sessions: int = 100) -> None:
+    def __init__(self, *, idle_timeout: float, max_sessions: int = 100,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._data: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.clock = clock
         self._idle = idle_timeout
         self._max = max_sessions
 
@@ -43,14 +50,17 @@ class MemorySessions(SessionInterface):
         self._data.clear()
 
     async def open_session(self, app: Quart, request: BaseRequestWebsocket) -> DeskSession:
-        now = time.monotonic()
+        now = self.clock()
         for sid in [s for s, (seen, _) in self._data.items() if seen < now - self._idle]:
             del self._data[sid]
         sid = request.cookies.get(COOKIE) or ""
         if sid in self._data:
-            data = self._data[sid][1]
-            self._data[sid] = (now, data)
-            return DeskSession(sid, dict(data))
+            seen, data = self._data[sid]
+            passive = request.headers.get(PASSIVE_HEADER) == "1"
+            self._data[sid] = (seen if passive else now, data)
+            opened = DeskSession(sid, dict(data))
+            opened.passive = passive
+            return opened
         return DeskSession(None)
 
     async def save_session(self, app: Quart, session: SessionMixin,
@@ -68,5 +78,8 @@ class MemorySessions(SessionInterface):
             if len(self._data) >= self._max:
                 del self._data[min(self._data, key=lambda s: self._data[s][0])]
             session.sid = secrets.token_urlsafe(32)
-        self._data[session.sid] = (time.monotonic(), dict(session))
+        renewed = self.clock()
+        if session.passive and session.sid in self._data:
+            renewed = self._data[session.sid][0]
+        self._data[session.sid] = (renewed, dict(session))
         response.set_cookie(COOKIE, session.sid, path="/", httponly=True, samesite="Strict")

@@ -62,6 +62,15 @@ class DeskSettings:
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.time_zone)  # checked by validate(); ZoneInfo caches instances
+    #: Follow the gateway's change feed while an officer is logged in (new tips come in by
+    #: themselves); false: only the Sync button fetches.
+    follow: bool = True
+    #: A desktop notification (unit and count only) when new tips come in; false: none.
+    desktop_notifications: bool = True
+    #: The session D-Bus for notifications; empty: ``$DBUS_SESSION_BUS_ADDRESS``.
+    session_bus: str | None = None
+    #: How long each poll of the gateway's change feed may be held open (seconds).
+    follow_wait: int = 25
 
     @property
     def cache_dir(self) -> Path:
@@ -84,6 +93,12 @@ def _coerce(name: str, raw: Any, target: str) -> Any:
             return int(raw)
         if target == "float":
             return float(raw)
+        if target == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return str(raw).lower() in ("true", "1", "yes", "on")
+            raise ValueError(raw)
         if target == "str":
             if not isinstance(raw, str | int):
                 raise ValueError(raw)
@@ -127,6 +142,8 @@ def load_desk_settings(config_file: Path | None = None, env: Mapping[str, str] |
     kwargs = {name: _coerce(name, raw, str(fields[name].type)) for name, raw in values.items()}
     for key in _PATHS:
         kwargs[key] = (base / kwargs[key].expanduser()).resolve()
+    if not kwargs.get("session_bus") and env.get("DBUS_SESSION_BUS_ADDRESS"):
+        kwargs["session_bus"] = env["DBUS_SESSION_BUS_ADDRESS"]
     return validate(DeskSettings(**kwargs))
 
 
@@ -163,6 +180,8 @@ def validate(settings: DeskSettings) -> DeskSettings:
         raise ConfigError("data_dir must not be inside export_dir")
     if settings.request_timeout <= 0 or settings.session_idle_timeout <= 0:
         raise ConfigError("request_timeout and session_idle_timeout must be positive")
+    if not 0 <= settings.follow_wait <= 60:
+        raise ConfigError("follow_wait must be between 0 and 60 seconds")
     if settings.max_inspect_bytes < MIB:
         raise ConfigError("max_inspect_bytes must be at least 1 MiB")
     if settings.default_locale not in LOCALES:

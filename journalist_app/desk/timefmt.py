@@ -31,3 +31,10 @@ def show(value: dt.datetime, zone: ZoneInfo, locale: str) -> str:
 def iso(value: dt.datetime, zone: ZoneInfo) -> str:
     """ISO 8601 with the zone's offset, for exports: machine-readable and the reader's clock."""
     return _local(value, zone).isoformat()
+
+
+def clock(value: dt.datetime, zone: ZoneInfo) -> str:
+    """Time of day to the second in ``zone`` with its abbreviation ("08:45:12 IST"), for
+    "last heard from the gateway", where minutes are too coarse."""
+    local = _local(value, zone)
+    return f"{local:%H:%M:%S} {local.tzname()}"

@@ -8,7 +8,7 @@ from quart import Quart, Response, current_app, redirect, request, session, url_
 from quart.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from . import case_views, disclosure_views
+from . import case_views, disclosure_views, timefmt, web
 from .charts import bar_chart
 from .errors import AccountLocked, DeskError, GatewayError, GatewayUnreachable, Unauthorized
 from .forms import ActionForm, LoginForm
@@ -39,6 +39,19 @@ from .pages import (
 
 # The language link too: an officer chooses the language before logging in.
 OPEN_ENDPOINTS = {"login", "login_post", "static", "set_language"}
+#: The inbox warns when the gateway has been silent for longer than LATE seconds.
+LATE = 90
+
+
+def feed_status() -> dict[str, Any]:
+    """What the inbox says about following the gateway: when it last answered, and trouble."""
+    follower = desk().follower
+    heard = follower.last_heard
+    ago = follower.heard_ago()
+    return {"state": follower.state, "problem": follower.problem,
+            "heard": timefmt.clock(heard, desk().settings.zone) if heard else None,
+            "ago": None if ago is None else int(ago),
+            "late": follower.state != "off" and (ago is None or ago > LATE or follower.state != "following")}
 
 
 def install(app: Quart) -> None:
@@ -52,8 +65,10 @@ def install(app: Quart) -> None:
 
     @app.context_processor
     async def template_globals() -> dict[str, Any]:
+        follower = desk().follower
         return {
             "officer": session.get("name"), "action_form": bind(ActionForm),
+            "unseen": len(follower.unseen) if session.get("name") else 0,
             "flash": session.pop("flash", None), "kinds": KINDS, "categories": CATEGORIES,
             "statuses": STATUS_LABELS, "priorities": PRIORITY_LABELS,
             "disclosure_statuses": DISCLOSURE_LABELS, "risks": RISK_LABELS,
@@ -85,6 +100,8 @@ def install(app: Quart) -> None:
         session.regenerate()  # type: ignore[attr-defined]
         session.update({TOKEN: token.token, "name": me.name, "officer_id": me.id, "expires": token.expires_at,
                         "custodian": me.is_custodian})
+        if desk().settings.follow:
+            desk().follower.start(gateway.with_token(token.token))  # new tips come in by themselves
         return redirect(url_for("home"), 303)
 
     @app.post("/logout")
@@ -95,6 +112,7 @@ def install(app: Quart) -> None:
         except GatewayError:
             pass  # the token expires on its own; the desk forgets it either way
         session.clear()
+        await desk().follower.stop()
         desk().casebook.forget()
         return redirect(url_for("login"), 303)
 
@@ -118,10 +136,15 @@ def install(app: Quart) -> None:
         everything = await desk().casebook.summaries()
         rows = apply(everything, chosen)
         units = desk().cache.units()
-        return await page("inbox.html", rows=rows, chosen=chosen, units=units,
+        feed = feed_status()
+        # The inbox alone runs a script: ours, bound to this answer by a nonce (web.py), so that
+        # tips the follower brought in appear in place, without a reload.
+        nonce = web.allow_script() if feed["state"] != "off" else None
+        return await page("inbox.html", rows=rows, chosen=chosen, units=units, feed=feed, nonce=nonce,
                           unit_names=unit_names(),
                           spam_count=sum(1 for r in everything if r.case.spam),
                           custodian=bool(session.get("custodian")))
+
 
     @app.post("/sync")
     async def sync() -> ResponseReturnValue:

@@ -102,6 +102,15 @@ class CasePage(Wire):
     next_after_id: int | None
 
 
+class Changes(Wire):
+    """An answer of the change feed: ids and counts only."""
+
+    cursor: int = Field(ge=0)
+    cases: list[int]
+    counts: dict[str, int]
+    reset: bool = False
+
+
 class ReplyCreated(Wire):
     id: int
 

@@ -11,6 +11,7 @@ from quart import Quart
 from quart_schema import QuartSchema
 from quart_schema.openapi import Info
 
+from cpcp.feed import ChangeFeed
 from cpcp.services import CoreServices, build_core, start_core
 from cpcp.settings import Settings
 from cpcp.webids import IdConverter
@@ -24,6 +25,8 @@ def create_app(settings: Settings, *, core: CoreServices | None = None) -> Quart
     core = core or build_core(settings)
     app.config.update(MAX_CONTENT_LENGTH=8 * 1024 * 1024, PROPAGATE_EXCEPTIONS=False)
     app.extensions["cpcp_core"] = core
+    feed = ChangeFeed(sessions=core.sessions)
+    app.extensions["cpcp_feed"] = feed
     # No documentation UIs: they would load scripts from a CDN. The JSON spec is enough.
     QuartSchema(
         app,
@@ -42,6 +45,7 @@ def create_app(settings: Settings, *, core: CoreServices | None = None) -> Quart
 
     @app.after_serving
     async def shutdown() -> None:
+        await feed.close()
         await core.close()
 
     return app

@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from cpcp.casework import BatchTooLarge, CaseChanges, DocumentsMissing, ReplyRejected
 from cpcp.disclosure import Conflict, Forbidden
 from cpcp.errors import CPCPError, NotFound, StoreError
+from cpcp.feed import ChangeFeed, TooManyPolls
 from cpcp.models import CasePriority, CaseStatus
 from cpcp.officers import AccountLocked, LoginFailed, OfficerIdentity
 from cpcp.services import CoreServices
@@ -32,6 +33,8 @@ from .schemas import (
     CaseOut,
     CaseQuery,
     CaseUpdate,
+    ChangesOut,
+    ChangesQuery,
     CiphertextOut,
     DisclosureList,
     DisclosureOut,
@@ -75,6 +78,11 @@ def error(status: int, message: str, **headers: str) -> Response:
                         content_type="application/json")
     response.headers.update(headers)
     return response
+
+
+def feed() -> ChangeFeed:
+    found: ChangeFeed = current_app.extensions["cpcp_feed"]
+    return found
 
 
 def install(app: Quart) -> None:
@@ -166,6 +174,23 @@ def install(app: Quart) -> None:
         rows = await core().casework.list_cases(officer(), after_id=query_args.after_id, limit=query_args.limit)
         next_after = rows[-1]["id"] if len(rows) == query_args.limit else None
         return CaseList.model_validate({"cases": rows, "next_after_id": next_after}), 200
+
+    @app.get(f"{PREFIX}/changes")
+    @validate_querystring(ChangesQuery)
+    @validate_response(ChangesOut, 200)
+    @validate_response(ErrorResponse, 429)
+    async def changes(query_args: ChangesQuery) -> Any:
+        """The change feed (a long poll): ids of your units' cases with a new submission
+        after ``since`` and per-unit counts, nothing else. Answers at once if there are any,
+        else after up to ``wait`` seconds, empty. Not audited (it discloses no content);
+        downloading the ciphertext is."""
+        who = officer()
+        wait = min(query_args.wait, core().settings.gateway.feed_max_wait)
+        try:
+            found = await feed().changes(who.id, who.unit_ids, query_args.since, wait)
+        except TooManyPolls as exc:
+            return ErrorResponse(error=str(exc)), 429, {"Retry-After": "5"}
+        return ChangesOut(cursor=found.cursor, cases=found.cases, counts=found.counts, reset=found.reset), 200
 
     @app.get(f"{PREFIX}/cases/<id:case_id>")
     @validate_response(CaseOut, 200)

@@ -201,3 +201,24 @@ class DisclosureList(BaseModel):
 class DisclosureUpload(Strict):
     armored: str = Field(min_length=1, max_length=100_000,
                          description="the contact details, ASCII-armored OpenPGP message to the requester's key")
+
+
+#: The longest wait a poll may ask for; the gateway may hold it shorter (gateway.feed_max_wait).
+FEED_MAX_WAIT = 60
+
+
+class ChangesQuery(BaseModel):
+    since: int | None = Field(default=None, ge=0, le=2**31 - 1,
+                              description="the cursor of the previous answer; omitted: answer at once "
+                                          "with the current cursor only")
+    wait: int = Field(default=0, ge=0, le=FEED_MAX_WAIT,
+                      description="seconds to hold the poll open when nothing changed; "
+                                  "held at most gateway.feed_max_wait")
+
+
+class ChangesOut(BaseModel):
+    cursor: int = Field(description="pass as since in the next poll (a position in a sequence, not a count)")
+    cases: list[int] = Field(description="ids of the officer's cases with a new submission after since")
+    counts: dict[str, int] = Field(description="per unit slug: how many of those cases raise an alert "
+                                               "(spam cases are left out)")
+    reset: bool = Field(description="since was ahead of the server (a restored database): sync everything")
