@@ -30,6 +30,7 @@ from journalist_app.desk.casebook import Casebook
 from journalist_app.desk.client import GatewayClient
 from journalist_app.desk.crypto import DeskCrypto
 from journalist_app.desk.follow import BACKOFF_CAP, Follower, backoff
+from journalist_app.desk.i18n import load_translations
 from journalist_app.desk.notify import DesktopNotifier, NoNotifier, message_for
 from journalist_app.desk.settings import load_desk_settings
 
@@ -335,6 +336,11 @@ def test_backoff_doubles_from_one_second_to_a_minute_with_jitter() -> None:
 
 def test_a_notification_names_only_unit_and_count() -> None:
     assert message_for("Cyber Cell", 2) == ("CPCP: 2 new tips for Cyber Cell", "Open the desk's inbox to read.")
+    assert message_for("Cyber Cell", 1)[0] == "CPCP: 1 new tip for Cyber Cell"
+    hindi = load_translations()["hi"]
+    assert message_for("साइबर सेल", 1, hindi)[0] == "CPCP: साइबर सेल के लिए 1 नई सूचना"
+    assert message_for("साइबर सेल", 3, hindi) == ("CPCP: साइबर सेल के लिए 3 नई सूचनाएँ",
+                                                   "पढ़ने के लिए डेस्क का इनबॉक्स खोलें।")
 
 
 async def test_no_bus_is_logged_once_and_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -58,8 +58,11 @@ def create_app(settings: DeskSettings, *, gateway: GatewayClient | None = None,
     cache = Cache(settings.cache_dir)
     casebook = Casebook(cache=cache, crypto=crypto)
     sessions = MemorySessions(idle_timeout=settings.session_idle_timeout)
-    notifier: Notifier = DesktopNotifier(settings.session_bus) if settings.desktop_notifications else NoNotifier()
-    follower = follower or Follower(cache=cache, casebook=casebook, notifier=notifier, wait=settings.follow_wait)
+    catalogs = i18n.load_translations()
+    notifier: Notifier = (DesktopNotifier(settings.session_bus, catalogs[settings.default_locale])
+                          if settings.desktop_notifications else NoNotifier())
+    follower = follower or Follower(cache=cache, casebook=casebook, notifier=notifier, wait=settings.follow_wait,
+                                    locale=settings.default_locale)
     desk = Desk(
         settings=settings, cache=cache, crypto=crypto, casebook=casebook,
         exporter=Exporter(export_dir=settings.export_dir, cache=cache, casebook=casebook, crypto=crypto,
@@ -75,7 +78,7 @@ def create_app(settings: DeskSettings, *, gateway: GatewayClient | None = None,
     # python-gnupg logs gpg's output at debug level: keep it quiet.
     logging.getLogger("gnupg").setLevel(logging.ERROR)
     web.install(app, allowed_hosts=settings.allowed_hosts)
-    i18n.install(app, default_locale=settings.default_locale, zone=settings.zone)
+    i18n.install(app, default_locale=settings.default_locale, zone=settings.zone, catalogs=catalogs)
     views.install(app)
     own_gateway = gateway is None
 

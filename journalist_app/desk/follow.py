@@ -41,6 +41,7 @@ def backoff(failures: int, jitter: float) -> float:
 
 class Follower:
     def __init__(self, *, cache: Cache, casebook: Casebook, notifier: Notifier, wait: int = 25,
+                 locale: str = "en",
                  resync_every: float = RESYNC_EVERY,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
                  monotonic: Callable[[], float] = time.monotonic,
@@ -49,6 +50,7 @@ class Follower:
         self._cache = cache
         self._casebook = casebook
         self._notifier = notifier
+        self._hindi = locale == "hi"  # the notification names the unit in the desk's language
         self._wait = wait
         self._resync_every = resync_every
         self._clock = clock
@@ -156,7 +158,8 @@ class Follower:
         for slug, count in counts.items():
             unit = self._cache.unit(slug)
             if count > 0:
-                await self._notifier.notify(unit.name_en if unit else slug, count)
+                name = (unit.name_hi if self._hindi else unit.name_en) if unit else slug
+                await self._notifier.notify(name, count)
         self.synced.set()
 
     async def _decrypt(self, case_ids: list[int]) -> None:

@@ -94,10 +94,11 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def install(app: Quart, *, default_locale: str, zone: ZoneInfo) -> None:
+def install(app: Quart, *, default_locale: str, zone: ZoneInfo,
+            catalogs: Mapping[str, Translations] | None = None) -> None:
     """Catalogues, the locale of each request, the language link, and the ``when`` filter
     every template writes a time with."""
-    app.extensions["cpcp_desk_translations"] = load_translations()
+    app.extensions["cpcp_desk_translations"] = catalogs or load_translations()
     app.jinja_env.filters["when"] = lambda value: timefmt.show(value, zone, current_locale())
     app.jinja_env.add_extension("jinja2.ext.i18n")
     app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]

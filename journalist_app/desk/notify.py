@@ -7,6 +7,7 @@ kept in the desktop's history, so nothing of a tip's content ever goes into it.
 
 from __future__ import annotations
 
+import gettext
 import logging
 from typing import Protocol
 
@@ -21,10 +22,12 @@ APP_NAME = "CPCP desk"
 EXPIRE_MS = 10_000
 
 
-def message_for(unit_name: str, count: int) -> tuple[str, str]:
-    """Summary and body: the unit and the count, nothing else."""
-    noun = "tip" if count == 1 else "tips"
-    return f"CPCP: {count} new {noun} for {unit_name}", "Open the desk's inbox to read."
+def message_for(unit_name: str, count: int,
+                translations: gettext.NullTranslations | None = None) -> tuple[str, str]:
+    """Summary and body in the desk's language: the unit and the count, nothing else."""
+    t = translations or gettext.NullTranslations()
+    summary = t.ngettext("CPCP: %(num)d new tip for %(unit)s", "CPCP: %(num)d new tips for %(unit)s", count)
+    return summary % {"num": count, "unit": unit_name}, t.gettext("Open the desk's inbox to read.")
 
 
 class Notifier(Protocol):
@@ -42,8 +45,10 @@ class DesktopNotifier:
     """Sends each notification over a fresh connection (they are rare; nothing is held open).
     A missing bus or service is logged once and never raised: it must not stop a sync."""
 
-    def __init__(self, bus_address: str | None) -> None:
+    def __init__(self, bus_address: str | None,
+                 translations: gettext.NullTranslations | None = None) -> None:
         self._bus = bus_address
+        self._translations = translations
         self._warned = False
         self.sent = 0
 
@@ -51,7 +56,7 @@ class DesktopNotifier:
         if not self._bus:
             self._warn("no session bus (DBUS_SESSION_BUS_ADDRESS is not set)")
             return
-        summary, body = message_for(unit_name, count)
+        summary, body = message_for(unit_name, count, self._translations)
         call = new_method_call(NOTIFICATIONS, "Notify", "susssasa{sv}i",
                                (APP_NAME, 0, "", summary, body, [], {}, EXPIRE_MS))
         try:
