@@ -188,6 +188,13 @@ class Case(Base):
     # Marked as spam or a prank by an officer (audited, reversible): hidden from the inbox,
     # and later messages raise no alert.
     spam: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # When the first officer reply is due (cpcp/targets.py; set at intake from the tip's kind
+    # and category, which themselves stay encrypted); null: no target applies.
+    reply_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The overdue stages cpcp-alerts went through, once each: the reminder to the unit's
+    # head, then the escalation to the oversight.
+    reminded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     unit: Mapped[Unit] = relationship(lazy="joined")
     submissions: Mapped[list[Submission]] = relationship(
         back_populates="case", order_by="Submission.id", lazy="selectin"
@@ -300,6 +307,15 @@ class Event(Base):
     starts_on: Mapped[dt.date] = mapped_column(Date)
     ends_on: Mapped[dt.date] = mapped_column(Date)
     open: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class AlertCursor(Base):
+    """Per unit, the newest submission cpcp-alerts has alerted for: a restart neither repeats
+    nor loses an alert."""
+
+    __tablename__ = "alert_cursors"
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
+    last_submission_id: Mapped[int] = mapped_column(Integer)
 
 
 class AuditEntry(Base):

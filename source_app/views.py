@@ -42,6 +42,7 @@ from cpcp.intake import Draft
 from cpcp.models import CaseStatus
 from cpcp.services import CoreServices
 from cpcp.sources import SourceLogin
+from cpcp.targets import ResponseTargets
 
 from .circuits import caller_of
 from .forms import CATEGORIES, KINDS, ActionForm, CSRFForm, FollowUpForm, LoginForm, TipForm
@@ -64,6 +65,11 @@ class FormRejected(Exception):
 
 def core() -> CoreServices:
     result: CoreServices = current_app.extensions["cpcp_core"]
+    return result
+
+
+def targets() -> ResponseTargets:
+    result: ResponseTargets = current_app.extensions["cpcp_targets"]
     return result
 
 
@@ -328,7 +334,10 @@ def install(app: Quart) -> None:
             contact = (form.contact.data or "").strip() if isinstance(form, TipForm) else ""
             if contact:
                 await draft.add_contact(contact)
-            await draft.commit(source_id=login.source_id, unit=chosen[0])
+            # The kind and category go into the encryption; only the due time they set is kept.
+            target = (targets().target_for(form.kind.data, form.category.data or None)
+                      if isinstance(form, TipForm) else None)
+            await draft.commit(source_id=login.source_id, unit=chosen[0], reply_target=target)
         except FormRejected as rejected:
             if rejected.form.csrf_failed():
                 return await error_page(400, rejection_message("expired"), gettext("Please start again"))
