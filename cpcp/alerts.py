@@ -184,18 +184,21 @@ class Alerter:
 
     # -- overdue ----------------------------------------------------------------------------
 
-    def _unanswered(self) -> Any:
-        return (select(Case)
+    @staticmethod
+    def _unanswered(*columns: Any) -> Any:
+        """Cases owing a first reply: due set, no reply at all, not closed, not spam."""
+        return (select(*columns)
                 .where(Case.reply_due_at.is_not(None), Case.spam.is_(False),
                        Case.status != CaseStatus.CLOSED,
                        ~exists().where(Reply.case_id == Case.id))
                 .order_by(Case.id))
 
     async def _overdue(self, units: list[_UnitRow], now: dt.datetime) -> None:
+        # Columns, not Case objects: this runs at every poll, and a Case loads its submissions.
         async with self._sessions() as db:
-            cases = (await db.scalars(self._unanswered().where(
-                Case.reply_due_at <= now, Case.escalated_at.is_(None)))).all()
-            due = [(c.id, c.unit_id, c.received_at, c.reply_due_at, c.reminded_at) for c in cases]
+            due = (await db.execute(self._unanswered(
+                Case.id, Case.unit_id, Case.received_at, Case.reply_due_at, Case.reminded_at)
+                .where(Case.reply_due_at <= now, Case.escalated_at.is_(None)))).all()
         by_unit = {u.id: u for u in units}
         remind: dict[int, list[tuple[int, str]]] = {}
         escalate: dict[int, list[tuple[int, str]]] = {}
@@ -236,7 +239,7 @@ class Alerter:
         async def mark(db: AsyncSession) -> None:
             column = Case.reminded_at if stage == "reminder" else Case.escalated_at
             still = set((await db.scalars(
-                self._unanswered().where(Case.id.in_(ids), column.is_(None)))).all())
+                self._unanswered(Case).where(Case.id.in_(ids), column.is_(None)))).all())
             for case in still:
                 if stage == "reminder":
                     case.reminded_at = now
