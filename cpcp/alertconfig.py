@@ -96,7 +96,8 @@ def parse_alert_config(raw: Mapping[str, Any]) -> AlertConfig:
         if not isinstance(entry, dict):
             continue
         handle = str(entry.get("handle"))
-        handles.add(handle)
+        if entry.get("retired") is not True:  # a retired head would hear of nothing
+            handles.add(handle)
         if "alerts" in entry:
             officers[handle] = _urls(entry["alerts"], f"officer {handle}")
     units: dict[str, UnitAlerts] = {}
@@ -107,7 +108,7 @@ def parse_alert_config(raw: Mapping[str, Any]) -> AlertConfig:
         urls = _urls(entry["alerts"], f"unit {slug}") if "alerts" in entry else ()
         head = entry.get("head")
         if head is not None and (not isinstance(head, str) or head not in handles):
-            raise ConfigError(f"unit {slug}: head {head!r} is not an officer of the deployment")
+            raise ConfigError(f"unit {slug}: head {head!r} is not a serving officer of the deployment")
         units[slug] = UnitAlerts(urls=urls, head=head)
     oversight_table = raw.get("oversight", {})
     if not isinstance(oversight_table, dict):

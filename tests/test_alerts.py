@@ -512,3 +512,78 @@ async def test_delay_from_tip_to_smtp_delivery_with_no_random_delay(
         print(f"\ntip -> SMTP delivery, random delay 0, poll 0.5 s: "
               f"{', '.join(f'{d:.2f}' for d in delays)} s")
     assert max(delays) < 3.0
+
+
+def test_targets_and_alert_settings_are_checked() -> None:
+    from cpcp.alertconfig import parse_alert_config
+    from cpcp.targets import parse_targets
+
+    targets = parse_targets({"targets": {"default": "24h", "information": "2h",
+                                         "information.women_safety": "90m"}})
+    assert targets.target_for("information", "women_safety") == dt.timedelta(minutes=90)
+    assert targets.target_for("information", "traffic") == dt.timedelta(hours=2)
+    assert targets.target_for("suggestion", None) == dt.timedelta(hours=24)
+    assert parse_targets({}).target_for("information", None) is None
+    for bad in ({"information": "0h"}, {"information": 2}, {"gossip": "1h"},
+                {"information.weather": "1h"}, {"default": "9000d"}):
+        with pytest.raises(ConfigError):
+            parse_targets({"targets": bad})
+    for bad_alerts in ({"min_delay": 30, "max_delay": 10}, {"min_delay": -1}, {"max_delay": True},
+                       {"jitter": 5}):
+        with pytest.raises(ConfigError):
+            parse_alert_config({"alerts": bad_alerts})
+    retired_head = {"officers": [{"handle": "old", "retired": True}],
+                    "units": [{"slug": "ps-x", "head": "old"}]}
+    with pytest.raises(ConfigError, match="head 'old' is not a serving officer"):
+        parse_alert_config(retired_head)
+
+
+async def test_cpcp_alerts_runs_as_a_process_and_never_prints_an_alert_url(
+        tmp_path: Path, database_url: str, mailbox: tuple[Mailbox, int], hook: Hook) -> None:
+    """The console script against a real deployment: a tip reaches the mailbox; a unit whose
+    receiver is down is retried, and neither its URL nor its password reaches the output;
+    SIGTERM stops it cleanly."""
+    import signal
+    import sys
+
+    from source_app import create_app
+
+    box, port = mailbox
+    config = write_deployment(tmp_path, database_url)
+    dead = free_port()
+    alert_lines(tmp_path, mail_port=port, hook=hook, delays="min_delay = 0\nmax_delay = 0",
+                cyber=f'alerts = ["json://alerter:hunter2@127.0.0.1:{dead}/x"]\n')
+    settings = load_settings(config, env={})
+    await asyncio.to_thread(init_deployment, settings)
+    out = tmp_path / "alerts.out"
+    with out.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cpcp.alerts_cli", "--config", str(config), "--poll", "0.3",
+            stdout=sink, stderr=subprocess.STDOUT)
+    core = build_core(settings)
+    app = create_app(settings, core=core)
+    try:
+        for _ in range(100):  # started: its cursors are there
+            async with core.sessions() as db:
+                from cpcp.models import AlertCursor
+                if await db.scalar(select(func.count()).select_from(AlertCursor)) == 2:
+                    break
+            await asyncio.sleep(0.1)
+        async with app.test_app():
+            await submit_tip(app, "ps-sadar-bazar")
+            await submit_tip(app, "cell-cyber")
+            for _ in range(100):
+                if box.messages and "sadar" in hook.posts:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1)  # the cyber cell's first try has failed by now
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 15)
+        await core.close()
+    assert code == 0
+    assert box.texts() == [one_line(new_tips_text(1, *SADAR))]
+    printed = out.read_text()
+    assert "1 unit(s) with alerts" not in printed and "2 unit(s) with alerts" in printed
+    assert "cell-cyber not delivered; will retry" in printed
+    assert "hunter2" not in printed and str(dead) not in printed and str(port) not in printed
