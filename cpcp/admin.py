@@ -25,7 +25,8 @@ from .roster import WorkstationKeys, apply_deployment
 from .server_secrets import create_server_secrets
 from .services import CoreServices, build_core, check_keys
 from .settings import Settings, load_settings
-from .targets import load_targets
+from .targets import describe_targets, load_targets
+from .targetstore import save_targets
 
 
 def init_deployment(settings: Settings) -> None:
@@ -92,7 +93,7 @@ async def deploy(settings: Settings) -> None:
     policy = load_retention(settings.deployment_file)
     # Refused before anything changes, like a bad key: a bad alert URL or target.
     alerts = load_alert_config(settings.deployment_file)
-    load_targets(settings.deployment_file)
+    targets = load_targets(settings.deployment_file)
     core = build_core(settings)
     try:
         report = await apply_deployment(
@@ -111,6 +112,8 @@ async def deploy(settings: Settings) -> None:
         await check_keys(core)
         print(await _custodian_line(core))
         print(policy.describe())
+        if await save_targets(core.audit, targets):
+            print(f"response targets set: {describe_targets(targets)}")
         print(_alerts_line(alerts))
     finally:
         await core.close()

@@ -39,7 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .alertconfig import AlertConfig
 from .audit import AuditLog
 from .models import AlertCursor, Case, CaseStatus, Reply, Submission, Unit
-from .targets import ResponseTargets, describe
+from .targets import describe
+from .targetstore import read_targets
 
 log = logging.getLogger("cpcp.alerts")
 
@@ -99,7 +100,6 @@ class Alerter:
         sessions: async_sessionmaker[AsyncSession],
         audit: AuditLog,
         config: AlertConfig,
-        targets: ResponseTargets,
         notifier: Notifier | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -108,7 +108,7 @@ class Alerter:
         retry_seconds: float = 30.0,
         retry_max_seconds: float = 900.0,
     ) -> None:
-        self._sessions, self._audit, self._config, self._targets = sessions, audit, config, targets
+        self._sessions, self._audit, self._config = sessions, audit, config
         self._notifier = notifier or AppriseNotifier()
         self._clock, self._sleep = clock, sleep
         self._rng = rng or secrets.SystemRandom()
@@ -199,6 +199,7 @@ class Alerter:
             due = (await db.execute(self._unanswered(
                 Case.id, Case.unit_id, Case.received_at, Case.reply_due_at, Case.reminded_at)
                 .where(Case.reply_due_at <= now, Case.escalated_at.is_(None)))).all()
+        targets = await read_targets(self._sessions)  # as the last deploy left them
         by_unit = {u.id: u for u in units}
         remind: dict[int, list[tuple[int, str]]] = {}
         escalate: dict[int, list[tuple[int, str]]] = {}
@@ -209,7 +210,7 @@ class Alerter:
             if reminded is None:
                 remind.setdefault(unit_id, []).append((case_id, rule))
                 continue
-            after = self._targets.escalation_delay(target)
+            after = targets.escalation_delay(target)
             if now >= reply_due + after:
                 escalate.setdefault(unit_id, []).append(
                     (case_id, f"{rule}, escalated {describe(after)} after"))

@@ -1,6 +1,6 @@
 """``cpcp-alerts``: the long-running alerter (cpcp/alerts.py), as its own system user.
 
-It needs the database and the deployment file, nothing else of the server: not the data
+It needs the database and the deployment file (for the alert URLs), nothing else of the server: not the data
 folder's secrets, store or keyrings (so it builds no core services), and never a request.
 """
 
@@ -19,7 +19,6 @@ from .audit import AuditLog
 from .db import make_engine, make_sessionmaker
 from .errors import CPCPError
 from .settings import load_settings
-from .targets import load_targets
 
 
 async def serve(config_file: Path | None, *, poll_seconds: float) -> None:
@@ -27,11 +26,10 @@ async def serve(config_file: Path | None, *, poll_seconds: float) -> None:
     if settings.deployment_file is None:
         raise CPCPError("deployment_file is not set: it says who gets alerts")
     alerts = load_alert_config(settings.deployment_file)
-    targets = load_targets(settings.deployment_file)
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     alerter = Alerter(sessions=sessions, audit=AuditLog(sessions=sessions), config=alerts,
-                      targets=targets, poll_seconds=poll_seconds)
+                      poll_seconds=poll_seconds)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -309,6 +309,15 @@ class Event(Base):
     open: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
+class ResponseTarget(Base):
+    """The deployment file's ``[targets]``, copied by ``cpcp-admin deploy`` (cpcp/targetstore.py):
+    the source app reads them here, so it needs nothing of that file (which holds alert URLs)."""
+
+    __tablename__ = "response_targets"
+    rule: Mapped[str] = mapped_column(String(64), primary_key=True)  # "default", "kind[.category]"
+    minutes: Mapped[int] = mapped_column(Integer)
+
+
 class AlertCursor(Base):
     """Per unit, the newest submission cpcp-alerts has alerted for: a restart neither repeats
     nor loses an alert."""

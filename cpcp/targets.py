@@ -11,7 +11,9 @@ Durations are whole minutes ("90m") or hours ("2h"), from 1 minute to 365 days.
 
 The kind and category are inside the tip's encryption; the server never learns them. The
 source app, which holds them for the moment of the request, stores only the due time
-(``cases.reply_due_at``): it tells which target applied, not the words. This module is pure.
+(``cases.reply_due_at``): it tells which target applied, not the words. ``cpcp-admin deploy``
+copies the targets into the database (cpcp/targetstore.py), where the source app reads them.
+This module is pure.
 """
 
 from __future__ import annotations
@@ -76,6 +78,17 @@ class ResponseTargets:
 
     def escalation_delay(self, target: dt.timedelta) -> dt.timedelta:
         return self.escalate_after if self.escalate_after is not None else target
+
+
+def describe_targets(targets: ResponseTargets) -> str:
+    if targets.default is None and not targets.rules:
+        return "none (no reply is ever due)"
+    parts = [f"{rule} {describe(span)}" for rule, span in sorted(targets.rules.items())]
+    if targets.default is not None:
+        parts.append(f"otherwise {describe(targets.default)}")
+    if targets.escalate_after is not None:
+        parts.append(f"escalated {describe(targets.escalate_after)} after due")
+    return ", ".join(parts)
 
 
 def is_overdue(*, reply_due_at: dt.datetime | None, replied: bool, closed: bool, spam: bool,

@@ -10,7 +10,6 @@ from quart import Quart
 from cpcp.i18n import load_translations
 from cpcp.services import CoreServices, build_core, start_core
 from cpcp.settings import Settings
-from cpcp.targets import load_targets
 from cpcp.webids import IdConverter
 
 from . import views, web
@@ -34,7 +33,6 @@ def create_app(settings: Settings, *, core: CoreServices | None = None) -> Quart
         PROPAGATE_EXCEPTIONS=False,
     )
     app.extensions["cpcp_core"] = core
-    app.extensions["cpcp_targets"] = load_targets(settings.deployment_file)
     app.extensions["cpcp_translations"] = load_translations(HERE / "translations")
     app.session_interface = MemorySessionInterface(  # type: ignore[assignment]
         idle_timeout=settings.source.session_idle_timeout,

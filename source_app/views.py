@@ -42,7 +42,7 @@ from cpcp.intake import Draft
 from cpcp.models import CaseStatus
 from cpcp.services import CoreServices
 from cpcp.sources import SourceLogin
-from cpcp.targets import ResponseTargets
+from cpcp.targetstore import read_targets
 
 from .circuits import caller_of
 from .forms import CATEGORIES, KINDS, ActionForm, CSRFForm, FollowUpForm, LoginForm, TipForm
@@ -65,11 +65,6 @@ class FormRejected(Exception):
 
 def core() -> CoreServices:
     result: CoreServices = current_app.extensions["cpcp_core"]
-    return result
-
-
-def targets() -> ResponseTargets:
-    result: ResponseTargets = current_app.extensions["cpcp_targets"]
     return result
 
 
@@ -335,8 +330,8 @@ def install(app: Quart) -> None:
             if contact:
                 await draft.add_contact(contact)
             # The kind and category go into the encryption; only the due time they set is kept.
-            target = (targets().target_for(form.kind.data, form.category.data or None)
-                      if isinstance(form, TipForm) else None)
+            target = ((await read_targets(core().sessions)).target_for(
+                form.kind.data, form.category.data or None) if isinstance(form, TipForm) else None)
             await draft.commit(source_id=login.source_id, unit=chosen[0], reply_target=target)
         except FormRejected as rejected:
             if rejected.form.csrf_failed():

@@ -31,7 +31,6 @@ from cpcp.errors import ConfigError
 from cpcp.models import AuditEntry, Case, Officer
 from cpcp.services import CoreServices, build_core
 from cpcp.settings import load_settings
-from cpcp.targets import load_targets
 
 from .conftest import FPR, Deployment, gpg_encrypt, write_deployment
 from .helpers import codename_of, csrf, multipart
@@ -198,8 +197,7 @@ def alerter(s: Setup, clock: Clock, **kwargs: Any) -> Alerter:
     settings = s.deployment.settings
     assert settings.deployment_file is not None
     return Alerter(sessions=s.core.sessions, audit=s.core.audit,
-                   config=load_alert_config(settings.deployment_file),
-                   targets=load_targets(settings.deployment_file), clock=clock,
+                   config=load_alert_config(settings.deployment_file), clock=clock,
                    rng=random.Random(7), **kwargs)
 
 
@@ -396,7 +394,7 @@ async def test_bad_alert_url_or_head_is_refused_at_deploy_with_nothing_changed(
                       'officers = ["officer-b"]\nalerts = ["nonsense://user:hunter2@x"]\n'),
          "unit cell-cyber: alerts[0] (nonsense://...) is not an Apprise URL"),
         (good.replace('officers = ["officer-b"]\n', 'officers = ["officer-b"]\nhead = "nobody"\n'),
-         "unit cell-cyber: head 'nobody' is not an officer"),
+         "unit cell-cyber: head 'nobody' is not a serving officer"),
         (good.replace('key_file = "officer-b.asc"\n', 'key_file = "officer-b.asc"\nalerts = "x"\n'),
          "officer officer-b: alerts must be a list"),
         (good + '\n[oversight]\nalerts = ["json://"]\n', "[oversight]: alerts[0]"),
@@ -485,8 +483,7 @@ async def test_delay_from_tip_to_smtp_delivery_with_no_random_delay(
     app = create_app(settings, core=core)
     assert settings.deployment_file is not None
     alerts = Alerter(sessions=core.sessions, audit=core.audit,
-                     config=load_alert_config(settings.deployment_file),
-                     targets=load_targets(settings.deployment_file), poll_seconds=0.5)
+                     config=load_alert_config(settings.deployment_file), poll_seconds=0.5)
     stop = asyncio.Event()
     try:
         async with app.test_app():
@@ -587,3 +584,35 @@ async def test_cpcp_alerts_runs_as_a_process_and_never_prints_an_alert_url(
     assert "1 unit(s) with alerts" not in printed and "2 unit(s) with alerts" in printed
     assert "cell-cyber not delivered; will retry" in printed
     assert "hunter2" not in printed and str(dead) not in printed and str(port) not in printed
+
+
+async def test_deploy_copies_the_targets_to_the_database_for_the_source_app(setup: Setup) -> None:
+    """The source app sets due times from the database: it needs nothing of the deployment
+    file (which holds alert URLs)."""
+    import dataclasses
+
+    from cpcp.targetstore import read_targets
+    from source_app import create_app
+
+    stored = await read_targets(setup.core.sessions)
+    assert stored.target_for("information", "women_safety") == dt.timedelta(hours=1)
+    assert stored.target_for("complaint", None) == dt.timedelta(hours=24)
+    assert len(await audit_of(setup.core, "targets_set")) == 1
+    await deploy(setup.deployment.settings)  # unchanged: no entry
+    assert len(await audit_of(setup.core, "targets_set")) == 1
+    path = setup.deployment.root / "deployment.toml"
+    path.write_text(path.read_text(encoding="utf-8").replace('information = "2h"', 'information = "3h"'),
+                    encoding="utf-8")
+    await deploy(setup.deployment.settings)
+    changed = await audit_of(setup.core, "targets_set")
+    assert len(changed) == 2 and changed[-1]["minutes"]["information"] == 180
+    assert changed[-1]["before"]["information"] == 120
+    without_file = create_app(dataclasses.replace(setup.deployment.settings, deployment_file=None),
+                              core=setup.core)
+    async with without_file.test_app():
+        await submit_tip(without_file, "ps-sadar-bazar", "information", "traffic")
+    async with setup.core.sessions() as db:
+        case = await db.scalar(select(Case))
+    assert case is not None and case.reply_due_at is not None
+    assert case.reply_due_at - case.received_at == dt.timedelta(hours=3)
+    assert (await setup.core.audit.verify()).ok

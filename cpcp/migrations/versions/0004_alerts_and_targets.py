@@ -4,8 +4,8 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-02
 
-A case's first-reply due time and its overdue stages (reminder, escalation), and per-unit
-alert cursors for cpcp-alerts. Additive only: the previous release keeps running beside it.
+A case's first-reply due time and its overdue stages (reminder, escalation), the deployment's
+response targets, and per-unit alert cursors for cpcp-alerts. Additive only: the previous release keeps running beside it.
 """
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('response_targets',
+    sa.Column('rule', sa.String(length=64), nullable=False),
+    sa.Column('minutes', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('rule', name=op.f('pk_response_targets'))
+    )
     op.create_table('alert_cursors',
     sa.Column('unit_id', sa.Integer(), nullable=False),
     sa.Column('last_submission_id', sa.Integer(), nullable=False),
@@ -37,3 +42,4 @@ def downgrade() -> None:
         batch.drop_column('reminded_at')
         batch.drop_column('reply_due_at')
     op.drop_table('alert_cursors')
+    op.drop_table('response_targets')
