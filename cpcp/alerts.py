@@ -5,9 +5,10 @@ case id or link. The new tips of a unit are gathered into one batch sent after a
 delay (uniform in [min_delay, max_delay], from the system's CSPRNG), so when an alert arrives
 says little about when any one tip came in.
 
-Each unit has a cursor (``alert_cursors``): the newest submission alerted for. It moves in the
-same transaction that audits the alert, after the alert was delivered: a restart neither
-repeats nor loses one (a crash between delivery and that commit repeats it once).
+Each submission counted in a delivered alert is marked ``alerted`` in the same transaction that
+audits the alert: a restart neither repeats nor loses one (a crash between delivery and that
+commit repeats it once). A unit's floor (``alert_cursors``), set when the alerter first sees
+it, keeps older submissions out.
 
 A case with no officer reply by its ``reply_due_at`` is overdue: "N cases overdue for
 <unit>" goes to the unit's head (else the unit's own alert URLs); still unanswered after
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import apprise
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -140,8 +141,8 @@ class Alerter:
     # -- new tips -------------------------------------------------------------------------
 
     async def _new_tips(self, unit: _UnitRow, now: dt.datetime) -> None:
-        cursor, count, newest = await self._pending_tips(unit)
-        if count == 0:
+        ids = await self._pending_tips(unit)
+        if not ids:
             return
         batch = self._batches.get(unit.id)
         if batch is None:
@@ -150,37 +151,33 @@ class Alerter:
             self._batches[unit.id] = batch = _Pending(now + dt.timedelta(seconds=delay))
         if now < batch.at:
             return
-        body = new_tips_text(count, unit.name_en, unit.name_hi)
+        body = new_tips_text(len(ids), unit.name_en, unit.name_hi)
         if not await self._deliver(self._config.for_unit(unit.slug).urls, body, unit, "new tips"):
             self._back_off(batch, now)
             return
-        await self._audited(lambda db: self._advance(db, unit, cursor, newest, count))
+        await self._audited(lambda db: self._mark_alerted(db, unit, ids))
         del self._batches[unit.id]
 
-    async def _pending_tips(self, unit: _UnitRow) -> tuple[int, int, int]:
-        """(cursor, number of alerting submissions after it, the newest one's id). A unit seen
-        for the first time starts at its newest submission: turning alerts on does not alert
-        for the whole history."""
+    async def _pending_tips(self, unit: _UnitRow) -> list[int]:
+        """The unit's submissions that raise an alert and are not alerted for yet, above its
+        floor. A unit seen for the first time gets its newest submission as the floor."""
         async with self._sessions.begin() as db:
             row = await db.get(AlertCursor, unit.id)
             if row is None:
                 start = await db.scalar(select(func.max(Submission.id)).join(Case)
                                         .where(Case.unit_id == unit.id)) or 0
                 db.add(AlertCursor(unit_id=unit.id, last_submission_id=start))
-                return start, 0, start
-            count, newest = (await db.execute(
-                select(func.count(Submission.id), func.max(Submission.id)).join(Case)
+                return []
+            return list((await db.scalars(
+                select(Submission.id).join(Case)
                 .where(Case.unit_id == unit.id, Submission.id > row.last_submission_id,
-                       Submission.raises_alert.is_(True)))).one()
-            return row.last_submission_id, int(count), int(newest or row.last_submission_id)
+                       Submission.raises_alert.is_(True), Submission.alerted.is_(False))
+                .order_by(Submission.id))).all())
 
-    async def _advance(self, db: AsyncSession, unit: _UnitRow, cursor: int, newest: int,
-                       count: int) -> None:
-        row = await db.get(AlertCursor, unit.id)
-        assert row is not None
-        row.last_submission_id = max(row.last_submission_id, newest)
+    async def _mark_alerted(self, db: AsyncSession, unit: _UnitRow, ids: list[int]) -> None:
+        await db.execute(update(Submission).where(Submission.id.in_(ids)).values(alerted=True))
         await self._audit.record(db, officer_id=None, action="alert_new_tips", unit=unit.slug,
-                                 tips=count, after_submission=cursor, through_submission=newest)
+                                 tips=len(ids), submissions=ids)
 
     # -- overdue ----------------------------------------------------------------------------
 

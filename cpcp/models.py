@@ -215,6 +215,9 @@ class Submission(Base):
     # Decided when it arrives (false in a spam case): the flag the alert code reads, so that
     # unmarking a case later does not alert for what came while it was spam.
     raises_alert: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # cpcp-alerts has sent the alert that counted it. A flag per row, not a highest-id cursor:
+    # on PostgreSQL a lower id can commit after a higher one (a large upload still writing).
+    alerted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     case: Mapped[Case] = relationship(back_populates="submissions")
     documents: Mapped[list[Document]] = relationship(
         back_populates="submission", order_by="Document.id", lazy="selectin"
@@ -319,8 +322,8 @@ class ResponseTarget(Base):
 
 
 class AlertCursor(Base):
-    """Per unit, the newest submission cpcp-alerts has alerted for: a restart neither repeats
-    nor loses an alert."""
+    """Per unit, the newest submission when cpcp-alerts first saw it: what came before is not
+    alerted for (turning alerts on does not announce the whole history)."""
 
     __tablename__ = "alert_cursors"
     unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)

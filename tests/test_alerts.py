@@ -616,3 +616,28 @@ async def test_deploy_copies_the_targets_to_the_database_for_the_source_app(setu
     assert case is not None and case.reply_due_at is not None
     assert case.reply_due_at - case.received_at == dt.timedelta(hours=3)
     assert (await setup.core.audit.verify()).ok
+
+
+async def test_a_tip_committed_after_a_newer_one_is_still_alerted(setup: Setup, hook: Hook) -> None:
+    """On PostgreSQL a submission's id is drawn before its (maybe long) upload commits, so a
+    lower id can appear after a higher one was alerted for: it is alerted for all the same."""
+    from cpcp.models import Submission
+
+    clock = Clock()
+    alerts = alerter(setup, clock)
+    await alerts.run_once()
+    for _ in range(3):
+        await submit_tip(setup.app, "ps-sadar-bazar")
+    await alerts.run_once()
+    clock.advance(seconds=21)
+    await alerts.run_once()
+    assert hook.messages("sadar") == [one_line(new_tips_text(3, *SADAR))]
+    async with setup.core.sessions.begin() as db:
+        middle = sorted((await db.scalars(select(Submission.id))).all())[1]
+        # As if it had committed only now, unseen by the alert that went out.
+        await db.execute(update(Submission).where(Submission.id == middle).values(alerted=False))
+    await alerts.run_once()
+    clock.advance(seconds=21)
+    await alerts.run_once()
+    assert hook.messages("sadar")[1:] == [one_line(new_tips_text(1, *SADAR))]
+    assert [e["submissions"] for e in await audit_of(setup.core, "alert_new_tips")][1] == [middle]

@@ -5,7 +5,7 @@ Revises: 0003
 Create Date: 2026-12-02
 
 A case's first-reply due time and its overdue stages (reminder, escalation), the deployment's
-response targets, and per-unit alert cursors for cpcp-alerts. Additive only: the previous release keeps running beside it.
+response targets, per-unit alert floors and each submission's alerted flag for cpcp-alerts. Additive only: the previous release keeps running beside it.
 """
 from __future__ import annotations
 
@@ -34,9 +34,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column('reply_due_at', sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column('reminded_at', sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column('escalated_at', sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table('submissions') as batch:
+        batch.add_column(sa.Column('alerted', sa.Boolean(), server_default=sa.false(), nullable=False))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('submissions') as batch:
+        batch.drop_column('alerted')
     with op.batch_alter_table('cases') as batch:
         batch.drop_column('escalated_at')
         batch.drop_column('reminded_at')
