@@ -13,6 +13,7 @@ from typing import Any
 
 import segno
 
+from .alertconfig import AlertConfig, load_alert_config
 from .deployment import load_deployment
 from .errors import CPCPError
 from .migrate import upgrade
@@ -24,6 +25,8 @@ from .roster import WorkstationKeys, apply_deployment
 from .server_secrets import create_server_secrets
 from .services import CoreServices, build_core, check_keys
 from .settings import Settings, load_settings
+from .targets import describe_targets, load_targets
+from .targetstore import save_targets
 
 
 def init_deployment(settings: Settings) -> None:
@@ -88,6 +91,9 @@ async def deploy(settings: Settings) -> None:
         raise CPCPError("deployment_file is not set")
     deployment = load_deployment(settings.deployment_file)
     policy = load_retention(settings.deployment_file)
+    # Refused before anything changes, like a bad key: a bad alert URL or target.
+    alerts = load_alert_config(settings.deployment_file)
+    targets = load_targets(settings.deployment_file)
     core = build_core(settings)
     try:
         report = await apply_deployment(
@@ -106,8 +112,19 @@ async def deploy(settings: Settings) -> None:
         await check_keys(core)
         print(await _custodian_line(core))
         print(policy.describe())
+        if await save_targets(core.audit, targets):
+            print(f"response targets set: {describe_targets(targets)}")
+        print(_alerts_line(alerts))
     finally:
         await core.close()
+
+
+def _alerts_line(alerts: AlertConfig) -> str:
+    units = sorted(slug for slug, unit in alerts.units.items() if unit.urls)
+    if not alerts.any:
+        return "alerts: none configured"
+    return (f"alerts: {len(units)} unit(s) ({', '.join(units) or 'none'}), oversight "
+            f"{'set' if alerts.oversight else 'not set'}; restart cpcp-alerts to apply")
 
 
 async def retention(settings: Settings, *, dry_run: bool, now: dt.datetime | None = None) -> int:

@@ -192,20 +192,24 @@ class Cases:
         unit: UnitView,
         objects: list[tuple[DocumentRole, PendingObject]],
         sealed: PendingObject | None = None,
+        reply_target: dt.timedelta | None = None,
     ) -> int:
         """Move the finished ciphertexts into the store and record them in one transaction.
         ``sealed`` is the contact details' ciphertext (to the custodians), kept apart from the
         documents so no officer's sync can fetch it; a case keeps the first one it got.
 
         Objects are made durable before the commit; if the commit fails they are removed, so
-        the tip is either wholly stored and acknowledged or not at all.
+        the tip is either wholly stored and acknowledged or not at all. ``reply_target``: how
+        soon a new case's first reply is due (cpcp/targets.py); a follow-up keeps its case's.
         """
         committed: list[str] = []
         try:
             async with self._sessions.begin() as db:
                 case = await db.scalar(select(Case).where(Case.source_id == source_id))
                 if case is None:
-                    case = Case(source_id=source_id, unit_id=unit.id)
+                    now = utcnow_minute()
+                    case = Case(source_id=source_id, unit_id=unit.id, received_at=now,
+                                reply_due_at=now + reply_target if reply_target else None)
                     db.add(case)
                     await db.flush()
                 else:

@@ -4,6 +4,8 @@ units, always audited. Content stays ciphertext; the server only moves it."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from .models import (
 from .officers import OfficerIdentity
 from .pgp import Keyring
 from .store import Store
+from .targets import is_overdue
 
 MAX_LABELS = 10
 MAX_LABEL_CHARS = 40
@@ -60,8 +63,10 @@ class CaseChanges:
     spam: bool | None = None
 
 
-def case_summary(case: Case) -> dict[str, Any]:
-    """Metadata only: what docs/architecture.md lets the server know in clear."""
+def case_summary(case: Case, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Metadata only: what docs/architecture.md lets the server know in clear. ``now``
+    decides ``overdue`` (default: the clock)."""
+    when = now or dt.datetime.now(dt.UTC)
     return {
         "id": case.id,
         "public_id": case.public_id,
@@ -74,6 +79,9 @@ def case_summary(case: Case) -> dict[str, Any]:
         "identity_sealed": case.sealed_identity is not None,
         "received_at": case.received_at.isoformat(),
         "updated_at": case.updated_at.isoformat(),
+        "reply_due_at": case.reply_due_at.isoformat() if case.reply_due_at else None,
+        "overdue": is_overdue(reply_due_at=case.reply_due_at, replied=bool(case.replies),
+                              closed=case.status == CaseStatus.CLOSED, spam=case.spam, now=when),
         "submissions": [
             {
                 "id": s.id,
@@ -106,6 +114,8 @@ class Casework:
         self._source_keys = source_keys
         self._officer_keys = officer_keys
         self._audit = audit
+        # What "overdue" is measured against; tests set another clock.
+        self.clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
     async def _case(self, db: AsyncSession, officer: OfficerIdentity, case_id: int) -> Case:
         case = await db.get(Case, case_id)
@@ -144,11 +154,11 @@ class Casework:
                 select(Case).where(Case.unit_id.in_(officer.unit_ids), Case.id > after_id)
                 .order_by(Case.id).limit(limit)
             )).all()
-            return [case_summary(c) for c in cases]
+            return [case_summary(c, self.clock()) for c in cases]
 
     async def get_case(self, officer: OfficerIdentity, case_id: int) -> dict[str, Any]:
         async with self._sessions() as db:
-            return case_summary(await self._case(db, officer, case_id))
+            return case_summary(await self._case(db, officer, case_id), self.clock())
 
     async def document_path(self, officer: OfficerIdentity, document_id: int) -> Path:
         # One scoped query, not whole cases: a desk's first sync asks this thousands of times.
@@ -297,7 +307,7 @@ class Casework:
                 case.updated_at = utcnow_minute()
                 await self._audit.record(db, officer_id=officer.id, action="update_case", case=case.id, **done)
             await db.flush()
-            return case_summary(case)
+            return case_summary(case, self.clock())
 
     async def record(self, officer: OfficerIdentity, case_id: int, action: str, **details: Any) -> None:
         """A desk-side action the server could not see (e.g. an export), for the audit log."""

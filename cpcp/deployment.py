@@ -27,6 +27,9 @@
     name_hi = "थाना सदर बाजार"
     officers = ["sho-sadar"]
 
+Alerts (``alerts`` on a unit or an officer, a unit's ``head``, ``[oversight]``, ``[alerts]``) are
+read by cpcp/alertconfig.py, response targets (``[targets]``) by cpcp/targets.py.
+
 Custodians hold the keys that sources' contact details are sealed to (never the units' keys),
 and only they approve a disclosure to a case officer. A deployment without any custodian does
 not offer contact details on the tip form at all, and says so there (``cpcp-admin deploy`` and

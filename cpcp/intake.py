@@ -13,6 +13,7 @@ does not reveal who sent it; only a custodian's approval discloses them (cpcp/di
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -138,7 +139,8 @@ class Draft:
             await stream.abort()
             raise
 
-    async def commit(self, *, source_id: int, unit: UnitView) -> int:
+    async def commit(self, *, source_id: int, unit: UnitView,
+                     reply_target: dt.timedelta | None = None) -> int:
         """Store every object and the rows in one go; returns the submission id."""
         if self._open is not None:
             await self.close_file()
@@ -146,7 +148,7 @@ class Draft:
         sealed, self.sealed = self.sealed, None
         try:
             return await self.cases.record_submission(source_id=source_id, unit=unit, objects=objects,
-                                                      sealed=sealed)
+                                                      sealed=sealed, reply_target=reply_target)
         except BaseException:
             for pending in [p for _, p in objects] + ([sealed] if sealed else []):
                 self.store.discard(pending)

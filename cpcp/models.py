@@ -188,6 +188,13 @@ class Case(Base):
     # Marked as spam or a prank by an officer (audited, reversible): hidden from the inbox,
     # and later messages raise no alert.
     spam: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # When the first officer reply is due (cpcp/targets.py; set at intake from the tip's kind
+    # and category, which themselves stay encrypted); null: no target applies.
+    reply_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The overdue stages cpcp-alerts went through, once each: the reminder to the unit's
+    # head, then the escalation to the oversight.
+    reminded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     unit: Mapped[Unit] = relationship(lazy="joined")
     submissions: Mapped[list[Submission]] = relationship(
         back_populates="case", order_by="Submission.id", lazy="selectin"
@@ -208,6 +215,9 @@ class Submission(Base):
     # Decided when it arrives (false in a spam case): the flag the alert code reads, so that
     # unmarking a case later does not alert for what came while it was spam.
     raises_alert: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # cpcp-alerts has sent the alert that counted it. A flag per row, not a highest-id cursor:
+    # on PostgreSQL a lower id can commit after a higher one (a large upload still writing).
+    alerted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     case: Mapped[Case] = relationship(back_populates="submissions")
     documents: Mapped[list[Document]] = relationship(
         back_populates="submission", order_by="Document.id", lazy="selectin"
@@ -300,6 +310,24 @@ class Event(Base):
     starts_on: Mapped[dt.date] = mapped_column(Date)
     ends_on: Mapped[dt.date] = mapped_column(Date)
     open: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class ResponseTarget(Base):
+    """The deployment file's ``[targets]``, copied by ``cpcp-admin deploy`` (cpcp/targetstore.py):
+    the source app reads them here, so it needs nothing of that file (which holds alert URLs)."""
+
+    __tablename__ = "response_targets"
+    rule: Mapped[str] = mapped_column(String(64), primary_key=True)  # "default", "kind[.category]"
+    minutes: Mapped[int] = mapped_column(Integer)
+
+
+class AlertCursor(Base):
+    """Per unit, the newest submission when cpcp-alerts first saw it: what came before is not
+    alerted for (turning alerts on does not announce the whole history)."""
+
+    __tablename__ = "alert_cursors"
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
+    last_submission_id: Mapped[int] = mapped_column(Integer)
 
 
 class AuditEntry(Base):

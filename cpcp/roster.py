@@ -27,7 +27,8 @@ OVERSIGHT_ACTION = "oversight_key_set"
 #: What applying the deployment file writes to the audit log: bookkeeping a fresh host has
 #: before anything else happens (restore replaces it with the backup's chain).
 DEPLOYMENT_ACTIONS = frozenset({"officer_added", "officer_key_rotated", "officer_reinstated",
-                                "officer_retired", "workstations_revoked", OVERSIGHT_ACTION})
+                                "officer_retired", "workstations_revoked", OVERSIGHT_ACTION,
+                                "targets_set"})
 
 
 class RosterRefused(ConfigError):

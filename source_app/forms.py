@@ -13,18 +13,9 @@ from wtforms.csrf.session import SessionCSRF
 from wtforms.fields import DateTimeLocalField
 from wtforms.validators import DataRequired, Length, Optional
 
-KINDS = ("information", "complaint", "suggestion", "event_feedback")
-CATEGORIES = (
-    "suspicious_person",
-    "suspicious_vehicle",
-    "criminal_activity",
-    "illegal_trade",
-    "traffic",
-    "law_and_order",
-    "social_safety",
-    "women_safety",
-    "other",
-)
+from cpcp.targets import CATEGORIES, KINDS
+
+__all__ = ["CATEGORIES", "KINDS"]
 
 
 class CSRFForm(Form):

@@ -42,6 +42,7 @@ from cpcp.intake import Draft
 from cpcp.models import CaseStatus
 from cpcp.services import CoreServices
 from cpcp.sources import SourceLogin
+from cpcp.targetstore import read_targets
 
 from .circuits import caller_of
 from .forms import CATEGORIES, KINDS, ActionForm, CSRFForm, FollowUpForm, LoginForm, TipForm
@@ -328,7 +329,10 @@ def install(app: Quart) -> None:
             contact = (form.contact.data or "").strip() if isinstance(form, TipForm) else ""
             if contact:
                 await draft.add_contact(contact)
-            await draft.commit(source_id=login.source_id, unit=chosen[0])
+            # The kind and category go into the encryption; only the due time they set is kept.
+            target = ((await read_targets(core().sessions)).target_for(
+                form.kind.data, form.category.data or None) if isinstance(form, TipForm) else None)
+            await draft.commit(source_id=login.source_id, unit=chosen[0], reply_target=target)
         except FormRejected as rejected:
             if rejected.form.csrf_failed():
                 return await error_page(400, rejection_message("expired"), gettext("Please start again"))

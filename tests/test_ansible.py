@@ -278,7 +278,8 @@ def units(tmp_path: Path, repo: str = "/opt/cpcp") -> dict[str, tuple[Path, str]
 
 def test_units_start_entry_points_on_loopback_in_order(tmp_path: Path) -> None:
     found = units(tmp_path)
-    for name in ("cpcp-retention.service", "cpcp-retention.timer"):  # see the next test
+    for name in ("cpcp-retention.service", "cpcp-retention.timer",  # see the next tests
+                 "cpcp-alerts.service"):
         found.pop(name)
     assert set(found) == {"cpcp-source.service", "cpcp-gateway.service", "cpcp-onion.service",
                           "cpcp-desk.service"}
@@ -350,6 +351,36 @@ def test_retention_runs_daily_as_the_apps_do(tmp_path: Path) -> None:
         "Retention timer enabled and started")
 
 
+def test_alerter_runs_as_its_own_user_without_the_data_folder(tmp_path: Path) -> None:
+    dest, text = units(tmp_path)["cpcp-alerts.service"]
+    assert dest == Path("/etc/systemd/system/cpcp-alerts.service")
+    parsed = unit(text)
+    service = parsed["Service"]
+    assert service["ExecStart"].split() == ["/opt/cpcp/.venv/bin/cpcp-alerts"]
+    assert "cpcp-alerts" in SCRIPTS
+    assert (service["User"], service["Group"], service["SupplementaryGroups"]) == (
+        "cpcp-alerts", "cpcp-alerts", "cpcp")
+    # The sandbox's lists reset: nothing writable, the data folder (and tor's) unseen.
+    assert service["ReadWritePaths"] == "" and service["InaccessiblePaths"] == f"-{tmp_path / 'data'}"
+    assert "InaccessiblePaths=-/var/lib/cpcp-tor" in text
+    assert service["Restart"] == "on-failure" and service["UMask"] == "0077"
+    assert service["Environment"] == f"CPCP_CONFIG={tmp_path / 'etc' / 'cpcp.toml'}"
+    # Installed, enabled and run only with cpcp_alerts, after init checked the URLs.
+    names = [t["name"] for t in tasks(load("server.yml")[0])]
+    assert names.index("Alerter running (alerts on)") > names.index(
+        "Initialise (secrets, schema, units, pinned keys); idempotent")
+    by_name = {t["name"]: t for t in tasks(load("server.yml")[0])}
+    for name in ("System user for the alerter", "Alerter service", "Alerter running (alerts on)",
+                 "Alerts need PostgreSQL (the alerter cannot open the data folder's SQLite file)"):
+        assert by_name[name]["when"] == "cpcp_alerts"
+    assert by_name["Alerter stopped (alerts off)"]["when"] == "not cpcp_alerts"
+    check = by_name["Alerts need PostgreSQL (the alerter cannot open the data folder's SQLite file)"]
+    that = check["ansible.builtin.assert"]["that"]
+    assert not ENV.compile_expression(that)(**server_vars(tmp_path, cpcp_alerts=True))
+    assert ENV.compile_expression(that)(**server_vars(
+        tmp_path, cpcp_alerts=True, cpcp_database_url="postgresql+asyncpg://cpcp@127.0.0.1/cpcp"))
+
+
 def test_tors_user_revokes_retired_officers_workstation_keys_after_init(tmp_path: Path) -> None:
     play = load("server.yml")[0]
     names = [task["name"] for task in tasks(play)]
@@ -406,7 +437,9 @@ def test_server_units_sandboxed(tmp_path: Path) -> None:
         assert service["CapabilityBoundingSet"] == "" and service["AmbientCapabilities"] == ""
         assert service["UMask"] == "0077"
         assert service["ProtectSystem"] == "strict" and service["MemoryDenyWriteExecute"] == "true"
-        if name != "cpcp-onion.service":  # tor alone must reach the Tor network
+        if name == "cpcp-alerts.service":  # out to mail and HTTPS; the firewall narrows it
+            assert (service["IPAddressDeny"], service["IPAddressAllow"]) == ("", "")
+        elif name != "cpcp-onion.service":  # tor alone must reach the Tor network
             assert (service["IPAddressDeny"], service["IPAddressAllow"]) == ("any", "localhost")
         path = folder / name
         path.write_text(text)
@@ -514,10 +547,26 @@ def test_firewall_drops_by_default_and_lets_only_tor_and_apt_connect_out(tmp_pat
     assert "skuid" not in chains["input"]
 
 
+def test_firewall_lets_the_alerter_out_to_mail_and_https_only_when_alerts_are_on(
+        tmp_path: Path) -> None:
+    def output(**extra: Any) -> list[str]:
+        _, text = templates("server.yml", server_vars(tmp_path, **extra))["nftables.conf.j2"]
+        chains = dict(re.findall(r"chain (\w+) \{(.*?)\n\t\}", text, re.DOTALL))
+        return [line.strip() for line in chains["output"].splitlines()
+                if "cpcp-alerts" in line and not line.strip().startswith("#")]
+
+    assert output() == []
+    assert output(cpcp_alerts=True) == [
+        'ct state new meta skuid "cpcp-alerts" tcp dport { 25, 465, 587, 443 } accept',
+        'ct state new meta skuid "cpcp-alerts" meta l4proto { tcp, udp } th dport 53 accept']
+    assert output(cpcp_alerts=True, cpcp_alerts_ports=[587])[0].endswith("tcp dport { 587 } accept")
+
+
 @pytest.mark.skipif(shutil.which("nft") is None, reason="no nft here")
 def test_firewall_rules_load(tmp_path: Path) -> None:
     """``nft -c`` (what the playbook's validate runs), with users this machine has."""
-    context = server_vars(tmp_path, cpcp_tor_user="root", cpcp_firewall_output_users=["root"])
+    context = server_vars(tmp_path, cpcp_tor_user="root", cpcp_firewall_output_users=["root"],
+                          cpcp_alerts=True, cpcp_alerts_user="root")
     _, text = templates("server.yml", context)["nftables.conf.j2"]
     path = tmp_path / "nftables.conf"
     path.write_text(text)

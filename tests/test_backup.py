@@ -506,8 +506,8 @@ async def test_the_archive_format_is_known(old: Server, officer_gnupg: Path, db_
         (0o600, 0, 0, "", "", int(made.timestamp()))}
     names = [i.name for i, _ in infos]
     tables = [n for n in names if n.startswith("database/")]
-    assert tables[:3] == ["database/00001-events.jsonl", "database/00002-officers.jsonl",
-                          "database/00003-sources.jsonl"]
+    assert tables[:4] == ["database/00001-events.jsonl", "database/00002-officers.jsonl",
+                          "database/00003-response_targets.jsonl", "database/00004-sources.jsonl"]
     assert "database/00004-api_tokens.jsonl" not in names and not any("api_tokens" in n for n in names)
     assert not any("00000000-0000-4000-8000-000000000000" in n for n in names)
     manifest = json.loads(infos[-1][1])

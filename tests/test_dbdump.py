@@ -31,13 +31,14 @@ def test_a_case_row_is_written_as_its_known_line_and_read_back() -> None:
     cases = BY_NAME["cases"]
     assert [c.name for c in cases.columns] == [
         "id", "public_id", "source_id", "unit_id", "status", "received_at", "updated_at",
-        "assignee_id", "priority", "labels", "spam"]
+        "assignee_id", "priority", "labels", "spam", "reply_due_at", "reminded_at", "escalated_at"]
     row = [7, "0b0e7c1e-3f5a-4c2e-9d61-6a1f0f2b9c10", 3, 2, CaseStatus.UNDER_REVIEW, AT, AT, None,
-           CasePriority.HIGH, ["मेला", "traffic"], False]
+           CasePriority.HIGH, ["मेला", "traffic"], False, AT, None, None]
     line = encode_row(cases, row)
     assert line == (
         '[7,"0b0e7c1e-3f5a-4c2e-9d61-6a1f0f2b9c10",3,2,"under_review","2026-12-02T00:00:00+00:00",'
-        '"2026-12-02T00:00:00+00:00",null,"high",["मेला","traffic"],false]\n').encode()
+        '"2026-12-02T00:00:00+00:00",null,"high",["मेला","traffic"],false,'
+        '"2026-12-02T00:00:00+00:00",null,null]\n').encode()
     table, rows = parse_chunk([header("cases"), line])
     assert table is cases
     assert rows == [dict(zip([c.name for c in cases.columns], row, strict=True))]

@@ -97,6 +97,11 @@ class CaseOut(BaseModel):
     identity_sealed: bool = Field(description="the source left contact details, sealed to the custodians")
     received_at: str
     updated_at: str
+    reply_due_at: str | None = Field(
+        description="ISO 8601 time the first officer reply is due, from the deployment's "
+                    "response targets for the tip's kind and category; null: no target")
+    overdue: bool = Field(description="past reply_due_at with no officer reply (closed and spam "
+                                      "cases are never overdue)")
     submissions: list[SubmissionOut]
     replies: list[ReplyOut]
 
