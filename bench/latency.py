@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import io
 import os
 import re
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import httpx
 import pyotp
+from aiosmtpd.controller import Controller
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -48,7 +48,7 @@ from onion.testnet import PrivateTorNetwork
 from onion.tor import read_control_port
 from tests.conftest import Deployment, write_deployment
 from tests.helpers import csrf
-from tests.servers import Server, begin, send, start_desk, start_server
+from tests.servers import Server, begin, free_port, send, start_desk, start_server
 from tests.tor.tornet import ANSWER_WITHIN, get_with_retries, publish, through_tor
 
 PASSPHRASE = "bench passphrase with enough words in it"
@@ -110,19 +110,42 @@ async def desk_login(desk: httpx.AsyncClient, secret: str) -> None:
     assert r.status_code == 303, r.text
 
 
-def measure_alerts(tips: int) -> list[float] | None:
-    """(a) source's answer -> alert at the SMTP receiver.
+class Mailbox:
+    """The SMTP receiver of (a): when each alert mail arrived (aiosmtpd handler)."""
 
-    HOOK, to be wired after the merge of the alerts work: start an aiosmtpd receiver on
-    loopback, run the ``cpcp-alerts`` process against this deployment with that receiver as its
-    Apprise target, and return one latency per tip (the time from the source's answer, recorded
-    in ``answered`` by run_tips, to the "N new tips for <unit>" mail). Until ``cpcp.alerts``
-    exists this returns None and the bench says so.
-    """
-    if importlib.util.find_spec("cpcp.alerts") is None:
-        return None
-    print("note: cpcp.alerts is importable, but the alert measurement is not wired yet (bench/latency.py: measure_alerts)")
-    return None
+    def __init__(self) -> None:
+        self.arrived: list[float] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        self.arrived.append(time.monotonic())
+        return "250 OK"
+
+
+def alert_lines(config_dir: Path, mail_port: int) -> None:
+    """Sadar Bazar's alerts to the bench's SMTP receiver, with no random delay: (a) measures
+    the pipeline (poll, batch, Apprise, SMTP); a deployment adds its 30-120 s on purpose."""
+    path = config_dir / "deployment.toml"
+    text = path.read_text(encoding="utf-8")
+    mail = f"mailto://127.0.0.1:{mail_port}?from=cpcp@bench.invalid&to=sho@bench.invalid"
+    unit = 'name_hi = "थाना सदर बाजार"\nofficers = ["officer-a"]\n'
+    assert unit in text
+    text = text.replace(unit, f'{unit}alerts = ["{mail}"]\n')
+    path.write_text(text + "\n[alerts]\nmin_delay = 0\nmax_delay = 0\n", encoding="utf-8")
+
+
+def measure_alerts(answered: list[float], box: Mailbox) -> list[float]:
+    """(a) per tip: from the source's answer to the first alert mail after it (each mail says
+    "N new tips for <unit>" for all tips not yet alerted, so the first one after a tip covers it)."""
+    deadline = time.monotonic() + SHOW_WITHIN
+    while (not box.arrived or box.arrived[-1] < answered[-1]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    out = []
+    for t in answered:
+        later = [a for a in box.arrived if a >= t]
+        if not later:
+            raise AssertionError("a tip was never alerted")
+        out.append(min(later) - t)
+    return out
 
 
 async def run_tips(network: PrivateTorNetwork, source_onion: str, desk: httpx.AsyncClient,
@@ -162,15 +185,24 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cpcp-latency-bench-"))
     servers: list[Server] = []
     home = None
+    alerter: subprocess.Popen[bytes] | None = None
+    smtp: Controller | None = None
     os.environ["CPCP_DESK_DESKTOP_NOTIFICATIONS"] = "false"  # no desktop here; the feed is measured
     try:
         config = write_deployment(tmp, f"sqlite+aiosqlite:///{tmp / 'data' / 'cpcp.sqlite'}")
+        box = Mailbox()
+        mail_port = free_port()
+        smtp = Controller(box, hostname="127.0.0.1", port=mail_port)
+        smtp.start()
+        alert_lines(tmp, mail_port)
         settings = load_settings(config, env={})
         init_deployment(settings)
         deployment = Deployment(root=tmp, config=config, settings=settings)
         secret = asyncio.run(enrol(deployment))
         home = officer_home(tmp)
         servers += [start_server(deployment), start_server(deployment, app="gateway")]
+        alerter = subprocess.Popen([sys.executable, "-m", "cpcp.alerts_cli", "--config", str(config),
+                                    "--poll", "0.5"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         with PrivateTorNetwork(tmp / "tornet") as network:
             print(f"private Tor network bootstrapped in {network.bootstrap_seconds:.1f} s")
             onions = publish(network, deployment, servers[0], servers[1])
@@ -195,13 +227,10 @@ def main() -> int:
                         await asyncio.sleep(0.5)
                     return await run_tips(network, onions[SOURCE], browser, args.tips)
 
-            shown, _answered = asyncio.run(run())
+            shown, answered = asyncio.run(run())
             print()
-            alerts = measure_alerts(args.tips)
-            if alerts is None:
-                print("(a) alert at the SMTP receiver: not measured: cpcp.alerts is not part of this tree yet")
-            else:
-                report("(a) source's answer -> alert at the SMTP receiver", alerts)
+            report("(a) source's answer -> alert at the SMTP receiver (random delay 0)",
+                   measure_alerts(answered, box))
             report("(b) source's answer -> decrypted tip in the desk's inbox", shown)
             p95 = percentile(shown, 95)
             print(f"aim: p95 of (b) at most {AIM_P95:.0f} s with warm circuits: "
@@ -213,6 +242,11 @@ def main() -> int:
     finally:
         for server in reversed(servers):
             server.stop()
+        if alerter is not None:
+            alerter.terminate()
+            alerter.wait(15)
+        if smtp is not None:
+            smtp.stop()
         if home is not None:
             subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
