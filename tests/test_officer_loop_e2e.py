@@ -9,6 +9,7 @@ reads the reply and the status. The server can read neither the tip nor the repl
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import secrets
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ from sqlalchemy import select
 from cpcp.errors import DecryptionFailed
 from cpcp.models import Reply, Source
 from cpcp.services import CoreServices
+from cpcp.targets import ResponseTargets
+from cpcp.targetstore import save_targets
 
 from .conftest import FPR, Deployment, gpg_decrypt
 from .helpers import csrf
@@ -55,6 +58,8 @@ async def test_source_tip_desk_reply_and_status_back_to_the_source(
     source_srv, _, desk_srv = servers
     totp = pyotp.TOTP(await core.officer_auth.enrol("officer-a", PASSPHRASE))
     canary = f"CANARY-{secrets.token_hex(10)}"
+    # The deployment's response target for information (cpcp-admin deploy copies [targets]).
+    await save_targets(core.audit, ResponseTargets(rules={"information": dt.timedelta(hours=2)}))
     photo = jpeg_with_gps(secrets.token_hex(12).encode())
 
     # 1. A source sends a tip with a photo, over HTTP, as Tor Browser would.
@@ -79,6 +84,9 @@ async def test_source_tip_desk_reply_and_status_back_to_the_source(
         case_id = int(match.group(1))
         case_page = (await desk.get(f"/cases/{case_id}")).text
         assert f"अवैध शराब की बिक्री {canary}" in case_page and "IMG_2041.jpg" in case_page
+        # Received moments ago, information: the first reply is due in 2 hours, in IST.
+        due = re.search(r"Reply due by (\d+ \w+ \d{4}, \d\d:\d\d) IST", case_page)
+        assert due and "Reply due by" in inbox and "Overdue" not in inbox
         assert "पुराना बाजार" in case_page and "Illegal trade" in case_page
         r = await desk.get(f"/cases/{case_id}/files/{_file_id(case_page)}")
         assert r.content == photo
@@ -95,6 +103,7 @@ async def test_source_tip_desk_reply_and_status_back_to_the_source(
         assert r.status_code == 303, r.text
         case_page = (await desk.get(f"/cases/{case_id}")).text
         assert reply_canary in case_page and "Action taken" in case_page
+        assert "Reply due by" not in case_page  # answered: nothing is due any more
 
     # 4. The source comes back with the codename and reads the reply and the status.
     async with httpx.AsyncClient(base_url=source_srv.url, timeout=60, headers={"User-Agent": AGENT}) as later:
