@@ -149,12 +149,18 @@ class Casework:
         return await asyncio.to_thread(self._officer_keys.export_public_key, fingerprint)
 
     async def list_cases(self, officer: OfficerIdentity, *, after_id: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        return (await self.cases_page(officer, after_id=after_id, limit=limit))[0]
+
+    async def cases_page(self, officer: OfficerIdentity, *, after_id: int = 0,
+                         limit: int = 500) -> tuple[list[dict[str, Any]], bool]:
+        """Up to ``limit`` cases after ``after_id``, and whether more follow: one row more is
+        read to know, so a last page that is exactly full offers no empty page after it."""
         async with self._sessions() as db:
             cases = (await db.scalars(
                 select(Case).where(Case.unit_id.in_(officer.unit_ids), Case.id > after_id)
-                .order_by(Case.id).limit(limit)
+                .order_by(Case.id).limit(limit + 1)
             )).all()
-            return [case_summary(c, self.clock()) for c in cases]
+            return [case_summary(c, self.clock()) for c in cases[:limit]], len(cases) > limit
 
     async def get_case(self, officer: OfficerIdentity, case_id: int) -> dict[str, Any]:
         async with self._sessions() as db:

@@ -122,6 +122,28 @@ async def test_officer_sees_only_own_units_cases(gateway: Quart, core: CoreServi
     assert r.status_code == 404
 
 
+async def test_case_pages_end_where_the_cases_do(gateway: Quart, core: CoreServices) -> None:
+    """Paging by after_id: every case once, in id order; a last page that is exactly full says
+    there is no next page (no empty page to fetch after it); another unit's cases never count."""
+    mine = [await make_case(core, "ps-sadar-bazar") for _ in range(4)]
+    await make_case(core, "cell-cyber")
+    token = await token_for(gateway, "officer-a", await enrol(core, "officer-a"))
+    client = gateway.test_client()
+
+    async def page(after: int, limit: int) -> dict[str, Any]:
+        r = await client.get("/api/v1/cases", headers=auth(token), query_string={"after_id": after, "limit": limit})
+        assert r.status_code == 200
+        return await r.get_json()  # type: ignore[no-any-return]
+
+    first = await page(0, 2)
+    assert [c["id"] for c in first["cases"]] == mine[:2] and first["next_after_id"] == mine[1]
+    last = await page(first["next_after_id"], 2)
+    assert [c["id"] for c in last["cases"]] == mine[2:] and last["next_after_id"] is None
+    one_more = await page(0, 3)
+    assert one_more["next_after_id"] == mine[2]
+    assert (await page(0, 4))["next_after_id"] is None and len((await page(0, 5))["cases"]) == 4
+
+
 async def test_reply_must_be_openpgp_to_source_and_unit(
     gateway: Quart, core: CoreServices, officer_gnupg: Path, deployment: Deployment
 ) -> None:

@@ -171,8 +171,9 @@ def install(app: Quart) -> None:
     @validate_response(CaseList, 200)
     async def cases(query_args: CaseQuery) -> Any:
         """Cases of your units, metadata only, by id; page with after_id."""
-        rows = await core().casework.list_cases(officer(), after_id=query_args.after_id, limit=query_args.limit)
-        next_after = rows[-1]["id"] if len(rows) == query_args.limit else None
+        rows, more = await core().casework.cases_page(officer(), after_id=query_args.after_id,
+                                                      limit=query_args.limit)
+        next_after = rows[-1]["id"] if more else None
         return CaseList.model_validate({"cases": rows, "next_after_id": next_after}), 200
 
     @app.get(f"{PREFIX}/changes")
