@@ -112,8 +112,9 @@ class Draft:
                 {"name": f.name, "content_type": f.content_type, "size": f.size} for f in self.files
             ],
         }
+        # Not counted against max_bytes, which is the files' limit (the form's "500 MB in total"):
+        # the text fields have their own (max_text_chars, the upload's FIELDS_LIMIT).
         data = json.dumps(body, ensure_ascii=False, indent=2).encode("utf-8")
-        self._count(len(data))
         pending = self.store.new_object()
         self.objects.insert(0, (DocumentRole.MESSAGE, pending))
         await self._encrypt_into(pending, data, self.recipients)

@@ -125,6 +125,8 @@ class Settings:
     oversight_fingerprint: str
     oversight_key_file: str = "oversight.asc"  # in keys_dir
     default_locale: str = "hi"
+    # The files of one sending together (the form's "500 MB in total"); the text has its own
+    # limit, max_text_chars, so a file of exactly this size with a long text still goes.
     max_upload_bytes: int = 500 * MIB
     max_files_per_submission: int = 20
     max_text_chars: int = 20_000

@@ -208,6 +208,14 @@ async def test_malformed_and_oversized_uploads(app: Quart, core: CoreServices, d
     assert response.status_code == 413
     assert "Nothing was sent" in await response.get_data(as_text=True) or response.status_code == 413
     assert (await counts(core))["submissions"] == 0 and store_files(deployment) == []
+    # Exactly the limit in files, and a long text besides: accepted (the limit is the files').
+    body, ctype = multipart([("csrf_token", token), ("unit", "ps-sadar-bazar"), ("kind", "information"),
+                             ("text", "सूचना " * 3000),
+                             ("files", "a.bin", b"\1" * (big - 1 - 1000), "application/octet-stream"),
+                             ("files", "b.bin", b"\2" * 1000, "application/octet-stream")])
+    response = await client.post("/submit", data=body, headers={"Content-Type": ctype})
+    assert response.status_code == 303
+    assert (await counts(core))["submissions"] == 1
 
 
 async def test_multipart_is_refused_outside_the_submit_view(app: Quart) -> None:
