@@ -57,17 +57,20 @@ def init_deployment(settings: Settings, role: Role = "all") -> None:
     TOTP secrets an earlier release stored in plaintext are sealed with them."""
     shared = settings.shared_data
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ensure_mode(settings.data_dir, 0o2770 if shared else 0o700)
+    if not shared:  # shared: the folder is root's, its mode the installer's (ansible/server.yml)
+        ensure_mode(settings.data_dir, 0o700)
     if role != "gateway":
         if not settings.secrets_file.exists():
             create_server_secrets(settings.secrets_file)
         settings.gnupg_home.mkdir(mode=0o700, exist_ok=True)
+        ensure_mode(settings.gnupg_home, 0o700)  # mkdir in a setgid folder inherits the bit
     made_gateway_keys = False
     if role != "source":
         if not settings.gateway_secrets_file.exists():
             create_gateway_secrets(settings.gateway_secrets_file)
             made_gateway_keys = True
         settings.gateway_gnupg_home.mkdir(mode=0o700, exist_ok=True)
+        ensure_mode(settings.gateway_gnupg_home, 0o700)
     Store(settings.store_dir, shared=shared)
     settings.log_dir.mkdir(mode=0o700, exist_ok=True)
     ensure_mode(settings.log_dir, 0o2770 if shared else 0o700)
