@@ -64,14 +64,17 @@ def ensure_mode(path: Path, mode: int) -> None:
 
 class Store:
     """``shared``: two users of one group write here (the source app its tips, the gateway
-    replies and disclosures; the retention run deletes both): folders 2770 (setgid, so what
-    either makes stays the group's) and objects 0640 (the other app reads, never changes them).
-    Otherwise 0700/0600, one user."""
+    replies and disclosures; the retention run deletes both): the store's own folders 2770
+    (setgid, made so by ``cpcp-admin init``), case folders 0770 and objects 0640 (the other app
+    reads, never changes them). Otherwise 0700/0600, one user. Case folders go without the
+    setgid bit: the apps' sandbox forbids setting it (RestrictSUIDSGID=), and both apps' own
+    group is the store's anyway."""
 
     def __init__(self, root: Path, *, shared: bool = False) -> None:
         self.root = root.resolve()
         self.tmp = self.root / ".tmp"
         self._dir_mode = 0o2770 if shared else 0o700
+        self._case_dir_mode = 0o770 if shared else 0o700
         self._file_mode = 0o640 if shared else 0o600
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         ensure_mode(self.root, self._dir_mode)
@@ -112,7 +115,7 @@ class Store:
         case_dir = self.root / case_public_id
         try:
             case_dir.mkdir(mode=0o700)
-            os.chmod(case_dir, self._dir_mode)  # mkdir's mode passes through the umask
+            os.chmod(case_dir, self._case_dir_mode)  # mkdir's mode passes through the umask
         except FileExistsError:
             pass
         name = f"{case_public_id}/{secrets.token_hex(16)}-{role}.gpg"
