@@ -194,6 +194,19 @@ async def publish_reply_keys(core: CoreServices) -> int:
         return len(missing)
 
 
+async def forget_gone_reply_keys(core: CoreServices) -> int:
+    """The gateway's part of retention: the public reply keys of sources the purge deleted
+    (it runs as the source app's user and cannot open this keyring) go too, so that no key's
+    creation time outlives its source. Returns how many went."""
+    async with core.sessions() as db:
+        kept = set((await db.scalars(select(Source.reply_key_fingerprint))).all())
+    held = await asyncio.to_thread(core.source_keys.key_creation_times)
+    gone = [fpr for fpr in held if fpr not in kept]
+    for fpr in gone:
+        await asyncio.to_thread(core.source_keys.forget_key, fpr)
+    return len(gone)
+
+
 async def start_core(core: CoreServices) -> None:
     """Start-up: keys must be usable; leftovers of interrupted uploads are swept. Once."""
     if core.started:
@@ -202,6 +215,8 @@ async def start_core(core: CoreServices) -> None:
     await check_keys(core)
     if core.role != "gateway":
         await publish_reply_keys(core)
+    else:
+        await forget_gone_reply_keys(core)
     referenced = await core.cases.referenced_objects()
     await asyncio.to_thread(core.store.sweep, referenced)
     core.started = True

@@ -117,6 +117,19 @@ async def test_the_gateway_opens_neither_secrets_json_nor_the_source_keyrings(
             await gateway.casework.add_reply(identity, case_id, desk_encrypt(FPR["officer-a"]))
         assert await gateway.casework.add_reply(identity, case_id, desk_encrypt(fpr, FPR["officer-a"]))
         assert await asyncio.to_thread(gateway.source_keys.secret_fingerprints) == set()
+        assert fpr in await asyncio.to_thread(gateway.source_keys.key_creation_times)
+    finally:
+        await gateway.close()
+    # Retention deleted the source (as the source app's user): the gateway's next start drops
+    # its public copy of the reply key too.
+    engine = make_engine(settings.database_url)
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM sources WHERE id = :i"), {"i": login.source_id})
+    await engine.dispose()
+    gateway = build_core(settings, "gateway")
+    try:
+        await start_core(gateway)
+        assert fpr not in await asyncio.to_thread(gateway.source_keys.key_creation_times)
     finally:
         await gateway.close()
     assert not settings.gnupg_home.exists()
