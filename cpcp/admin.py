@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import segno
+from sqlalchemy.engine import make_url
 
 from .alertconfig import AlertConfig, load_alert_config
 from .deployment import load_deployment
 from .errors import CPCPError
+from .gateway_secrets import create_gateway_secrets
 from .migrate import upgrade
 from .models import Event
 from .officers import provisioning_uri, suggest_passphrase
@@ -23,23 +25,69 @@ from .purge import Purger, due_cases
 from .retention import load_retention
 from .roster import WorkstationKeys, apply_deployment
 from .server_secrets import create_server_secrets
-from .services import CoreServices, build_core, check_keys
+from .services import ROLES, CoreServices, Role, build_core, check_keys
 from .settings import Settings, load_settings
+from .store import Store, ensure_mode
 from .targets import describe_targets, load_targets
 from .targetstore import save_targets
 
 
-def init_deployment(settings: Settings) -> None:
-    """Create the data folder (0700), server secrets (0600), keyrings, store and schema."""
+def _may_read(path: Path) -> bool:
+    return not path.exists() or os.access(path, os.R_OK)
+
+
+def default_role(settings: Settings) -> Role:
+    """The role of a command run without --role: whichever app's secrets this user may read
+    ("all" for one who may read both, or where neither exists yet)."""
+    source, gateway = _may_read(settings.secrets_file), _may_read(settings.gateway_secrets_file)
+    if source != gateway:
+        return "source" if source else "gateway"
+    return "all"
+
+
+def _sqlite_file(settings: Settings) -> Path | None:
+    """The SQLite database's file; None for PostgreSQL."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    return Path(url.database)
+
+
+def init_deployment(settings: Settings, role: Role = "all") -> None:
+    """Create what ``role`` owns, where missing: the data folder, the role's secrets (0600) and
+    GnuPG homes (0700), the store and the schema; then load the deployment file into the
+    database and the role's officers' keyring. Where the gateway's keys are made here, the
+    TOTP secrets an earlier release stored in plaintext are sealed with them."""
+    shared = settings.shared_data
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(settings.data_dir, 0o700)
-    if not settings.secrets_file.exists():
-        create_server_secrets(settings.secrets_file)
-    for sub in (settings.store_dir, settings.gnupg_home, settings.log_dir):
-        sub.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not shared:  # shared: the folder is root's, its mode the installer's (ansible/server.yml)
+        ensure_mode(settings.data_dir, 0o700)
+    if role != "gateway":
+        if not settings.secrets_file.exists():
+            create_server_secrets(settings.secrets_file)
+        settings.gnupg_home.mkdir(mode=0o700, exist_ok=True)
+        ensure_mode(settings.gnupg_home, 0o700)  # mkdir in a setgid folder inherits the bit
+    made_gateway_keys = False
+    if role != "source":
+        if not settings.gateway_secrets_file.exists():
+            create_gateway_secrets(settings.gateway_secrets_file)
+            made_gateway_keys = True
+        settings.gateway_gnupg_home.mkdir(mode=0o700, exist_ok=True)
+        ensure_mode(settings.gateway_gnupg_home, 0o700)
+    Store(settings.store_dir, shared=shared)
+    settings.log_dir.mkdir(mode=0o700, exist_ok=True)
+    ensure_mode(settings.log_dir, 0o2770 if shared else 0o700)
     upgrade(settings.database_url)
+    database = _sqlite_file(settings)
+    if shared and database is not None and database.exists():
+        ensure_mode(database, 0o660)  # both apps write it; its -wal/-shm files take its mode
+    if made_gateway_keys:
+        sealed = asyncio.run(_with_core(settings, lambda core: core.officer_auth.seal_plaintext_totp(),
+                                        role=role))
+        if sealed:
+            print(f"sealed {sealed} officer TOTP secret(s) with the gateway's new key")
     if settings.deployment_file is not None:
-        asyncio.run(deploy(settings))
+        asyncio.run(deploy(settings, role))
 
 
 def _officer_workstations(settings: Settings) -> WorkstationKeys | None:
@@ -86,11 +134,15 @@ def _republish_officer_onion(settings: Settings) -> None:
               "cpcp-onion", file=sys.stderr)
 
 
-async def deploy(settings: Settings) -> None:
+async def deploy(settings: Settings, role: Role = "all") -> None:
+    """The deployment file into the database and into the officers' keyrings of ``role``: the
+    source app's and the gateway's each get the pinned keys (run as each app's user where they
+    are two; ansible/server.yml does)."""
     if settings.deployment_file is None:
         raise CPCPError("deployment_file is not set")
     deployment = load_deployment(settings.deployment_file)
     policy = load_retention(settings.deployment_file)
+    core = build_core(settings, role)
     # Refused before anything changes, like a bad key: a bad alert URL or target.
     alerts = load_alert_config(settings.deployment_file)
     targets = load_targets(settings.deployment_file)
@@ -100,6 +152,7 @@ async def deploy(settings: Settings) -> None:
             deployment, keys_dir=settings.keys_dir, oversight_key_file=settings.oversight_key_file,
             oversight_fingerprint=settings.oversight_fingerprint, keyring=core.officer_keys,
             audit=core.audit, workstations=_officer_workstations(settings),
+            more_keyrings=core.officer_keyrings[1:],
         )
         for line in report.lines:
             print(line)
@@ -127,7 +180,8 @@ def _alerts_line(alerts: AlertConfig) -> str:
             f"{'set' if alerts.oversight else 'not set'}; restart cpcp-alerts to apply")
 
 
-async def retention(settings: Settings, *, dry_run: bool, now: dt.datetime | None = None) -> int:
+async def retention(settings: Settings, *, dry_run: bool, now: dt.datetime | None = None,
+                    role: Role = "source") -> int:
     """Delete (or with ``dry_run`` only list) the cases due under the deployment file's
     ``[retention]`` policy at ``now``; print one line per case, counts only. The exit status:
     1 if a due case could not be deleted this time."""
@@ -136,7 +190,8 @@ async def retention(settings: Settings, *, dry_run: bool, now: dt.datetime | Non
     policy = load_retention(settings.deployment_file)
     when = now or dt.datetime.now(dt.UTC)
     print(policy.describe())
-    core = build_core(settings)
+    # The source app's role: the purge deletes reply keys from its keyring.
+    core = build_core(settings, role)
     try:
         if dry_run:
             due = await due_cases(core.sessions, policy, when)
@@ -163,19 +218,20 @@ async def retention(settings: Settings, *, dry_run: bool, now: dt.datetime | Non
         await core.close()
 
 
-async def _with_core(settings: Settings, work: Any) -> Any:
-    core = build_core(settings)
+async def _with_core(settings: Settings, work: Any, *, role: Role | None = None) -> Any:
+    core = build_core(settings, role or default_role(settings))
     try:
         return await work(core)
     finally:
         await core.close()
 
 
-def enrol_officer(settings: Settings, handle: str, *, admin: bool) -> None:
+def enrol_officer(settings: Settings, handle: str, *, admin: bool, role: Role | None = None) -> None:
     """Set a passphrase and TOTP for an officer and show the QR code to scan, once."""
     passphrase = suggest_passphrase()
+    # Needs the gateway's role (or all): the TOTP secret is sealed with its key.
     secret = asyncio.run(_with_core(
-        settings, lambda core: core.officer_auth.enrol(handle, passphrase, admin=admin)))
+        settings, lambda core: core.officer_auth.enrol(handle, passphrase, admin=admin), role=role))
     uri = provisioning_uri(secret, handle)
     print(f"Officer {handle} enrolled{' as admin' if admin else ''}. Give them, in person:")
     print(f"  passphrase: {passphrase}")
@@ -184,8 +240,8 @@ def enrol_officer(settings: Settings, handle: str, *, admin: bool) -> None:
     print(f"  secret: {secret}")
 
 
-def verify_audit(settings: Settings, expect_head: str | None) -> int:
-    check = asyncio.run(_with_core(settings, lambda core: core.audit.verify()))
+def verify_audit(settings: Settings, expect_head: str | None, role: Role | None = None) -> int:
+    check = asyncio.run(_with_core(settings, lambda core: core.audit.verify(), role=role))
     if not check.ok:
         print(f"AUDIT LOG BROKEN at entry {check.first_bad_id}: {check.problem}")
         return 1
@@ -216,8 +272,8 @@ async def _close_event(core: CoreServices, event_id: int) -> bool:
         return True
 
 
-async def _check(settings: Settings) -> None:
-    core = build_core(settings)
+async def _check(settings: Settings, role: Role) -> None:
+    core = build_core(settings, role)
     try:
         await check_keys(core)
         print(await _custodian_line(core))
@@ -276,6 +332,9 @@ def run_restore(settings: Settings, source: str, *, drill: bool = False) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cpcp-admin", description=__doc__)
     parser.add_argument("--config", type=Path, help="cpcp.toml (default: $CPCP_CONFIG)")
+    parser.add_argument("--role", choices=ROLES, help="whose secrets and keyrings to use: the "
+                        "source app's, the gateway's, or all (default: whichever this user may read; "
+                        "retention: source)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help="create data folder, secrets, database; load the deployment")
     sub.add_parser("deploy", help="(re)load units, officers and pinned keys from the deployment file")
@@ -316,25 +375,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo deployment ready: {config}")
             return 0
         settings = load_settings(args.config)
+        role: Role = args.role or default_role(settings)
         if args.command == "init":
-            init_deployment(settings)
-            print(f"initialised {settings.data_dir}")
+            init_deployment(settings, role)
+            print(f"initialised {settings.data_dir}" + ("" if role == "all" else f" for the {role}"))
         elif args.command == "deploy":
-            asyncio.run(deploy(settings))
+            asyncio.run(deploy(settings, role))
             print("deployment loaded; all keys usable")
         elif args.command == "check":
-            asyncio.run(_check(settings))
+            asyncio.run(_check(settings, role))
             print("ok: every active unit's keys and the oversight key are usable")
         elif args.command == "officer-enrol":
-            enrol_officer(settings, args.handle, admin=args.admin)
+            enrol_officer(settings, args.handle, admin=args.admin, role=role)
         elif args.command == "audit-verify":
-            return verify_audit(settings, args.expect_head)
+            return verify_audit(settings, args.expect_head, role)
         elif args.command == "retention":
-            return asyncio.run(retention(settings, dry_run=args.dry_run))
+            return asyncio.run(retention(settings, dry_run=args.dry_run, role=args.role or "source"))
         elif args.command == "event-add":
             if args.ends < args.starts:
                 raise CPCPError("--ends is before --starts")
-            event_id = asyncio.run(_with_core(settings, lambda core: _add_event(core, args)))
+            event_id = asyncio.run(_with_core(settings, lambda core: _add_event(core, args), role=role))
             print(f"event {event_id} added and open for feedback")
         elif args.command == "backup":
             return run_backup(settings, args.file, args.tor_keys)
@@ -343,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "restore-drill":
             return run_restore(settings, args.file, drill=True)
         elif args.command == "event-close":
-            if not asyncio.run(_with_core(settings, lambda core: _close_event(core, args.event_id))):
+            if not asyncio.run(_with_core(settings, lambda core: _close_event(core, args.event_id), role=role)):
                 raise CPCPError(f"no event {args.event_id}")
             print(f"event {args.event_id} closed")
     except CPCPError as exc:

@@ -256,7 +256,7 @@ async def make_backup(settings: Settings, dest: Path, *, clock: Clock = _utcnow,
             raise BackupError(f"{settings.data_dir / 'onion'} exists and tor keys were given too: "
                               "which are the onion keys?")
         onion_keys = await asyncio.to_thread(read_tor_keys, tor_keys)
-    store = Store(settings.store_dir)
+    store = Store(settings.store_dir, shared=settings.shared_data)
     engine = make_engine(settings.database_url)
     created = clock().astimezone(dt.UTC).replace(microsecond=0)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")

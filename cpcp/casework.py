@@ -237,8 +237,25 @@ class Casework:
             case = await self._case(db, officer, case_id)
             source = await db.get(Source, case.source_id)
             assert source is not None
-            fpr = source.reply_key_fingerprint
-        return fpr, await asyncio.to_thread(self._source_keys.export_public_key, fpr)
+        return source.reply_key_fingerprint, await self._reply_public_key(source)
+
+    async def _reply_public_key(self, source: Source) -> str:
+        """From the database, where the source app puts it; the gateway has no access to the
+        source app's keyring. The keyring only for a source the source app has not published
+        yet (made before the database held them, until the source app's next start)."""
+        if source.reply_public_key is not None:
+            return source.reply_public_key
+        return await asyncio.to_thread(self._source_keys.export_public_key, source.reply_key_fingerprint)
+
+    async def _reply_key_ids(self, source: Source) -> set[str]:
+        """The key ids a reply to this source names; the public key is imported into this
+        program's source keyring (public keys only, for the gateway) the first time."""
+        fpr = source.reply_key_fingerprint
+        ids = await asyncio.to_thread(self._source_keys.encryption_key_ids, fpr)
+        if not ids and source.reply_public_key is not None:
+            await asyncio.to_thread(self._source_keys.import_public_keys, source.reply_public_key)
+            ids = await asyncio.to_thread(self._source_keys.encryption_key_ids, fpr)
+        return ids
 
     async def add_reply(self, officer: OfficerIdentity, case_id: int, ciphertext: bytes) -> int:
         """Store a reply already encrypted at the desk. It must be an OpenPGP message to the
@@ -251,7 +268,7 @@ class Casework:
         recipients = await asyncio.to_thread(self._source_keys.message_recipients, ciphertext)
         if not recipients:
             raise ReplyRejected("not an encrypted OpenPGP message")
-        source_ids = await asyncio.to_thread(self._source_keys.encryption_key_ids, source.reply_key_fingerprint)
+        source_ids = await self._reply_key_ids(source)
         if not recipients & source_ids:
             raise ReplyRejected("not encrypted to the source's reply key")
         unit_ids: set[str] = set()

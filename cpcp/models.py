@@ -141,7 +141,9 @@ class Officer(Base):
     # Gateway login; an officer without a passphrase hash cannot log in yet.
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     passphrase_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Sealed with the gateway's key (cpcp/gateway_secrets.py): the source app shares this
+    # database but cannot read or plant a TOTP secret.
+    totp_secret: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # The last accepted TOTP time step: a code is good once (RFC 6238 section 5.2).
     totp_last_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -158,6 +160,11 @@ class Source(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     lookup_id: Mapped[str] = mapped_column(String(64), unique=True)
     reply_key_fingerprint: Mapped[str] = mapped_column(String(40), unique=True)
+    # The reply key's public half (armored), written by the source app, which alone holds the
+    # key pair: the gateway checks and hands out reply keys from here, with no access to the
+    # source app's keyring. None only for sources made before the column, until the source
+    # app's next start fills it in.
+    reply_public_key: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Case(Base):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import secrets
 from dataclasses import dataclass
 
@@ -21,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .audit import AuditLog
 from .codenames import wordlist
-from .errors import CPCPError
+from .errors import ConfigError, CPCPError
+from .gateway_secrets import GatewaySecrets, is_sealed
 from .models import ApiToken, Officer
 
 TOTP_STEP = 30
@@ -86,14 +86,23 @@ class OfficerAuth:
         max_failures: int = 5,
         lockout: dt.timedelta = dt.timedelta(minutes=15),
         token_ttl: dt.timedelta = dt.timedelta(hours=8),
+        secrets_: GatewaySecrets | None = None,
     ) -> None:
         self._sessions = sessions
+        # None where this program is not the gateway (the source app): it cannot check or set
+        # a TOTP code, nor issue or check a token.
+        self._secrets = secrets_
         self._audit = audit
         self._hasher = PasswordHasher()  # argon2id, library defaults (RFC 9106 low-memory)
         self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
         self._max_failures = max_failures
         self._lockout = lockout
         self._token_ttl = token_ttl
+
+    def _keys(self) -> GatewaySecrets:
+        if self._secrets is None:
+            raise ConfigError("this program holds no gateway secrets: run it as the gateway's user")
+        return self._secrets
 
     def hash_passphrase(self, passphrase: str) -> str:
         if len(passphrase) < MIN_PASSPHRASE_CHARS or len(set(passphrase)) < 8:
@@ -125,6 +134,7 @@ class OfficerAuth:
     async def enrol(self, handle: str, passphrase: str, *, admin: bool | None = None) -> str:
         """Give an officer (already known with a pinned key) a passphrase and a fresh TOTP
         secret; returns the secret for the authenticator app. Resets any lock-out."""
+        keys = self._keys()
         digest = await asyncio.to_thread(self.hash_passphrase, passphrase)
         secret = new_totp_secret()
         async with self._audit.transaction() as db:
@@ -135,7 +145,7 @@ class OfficerAuth:
                 raise LoginFailed(f"officer {handle!r} is retired: remove 'retired = true' from "
                                   "their entry and deploy first")
             officer.passphrase_hash = digest
-            officer.totp_secret = secret
+            officer.totp_secret = keys.seal_totp(secret, officer.id)
             officer.totp_last_step = None
             officer.failed_logins = 0
             officer.locked_until = None
@@ -148,6 +158,7 @@ class OfficerAuth:
     async def login(self, handle: str, passphrase: str, code: str) -> OfficerIdentity:
         """Check all three factors; raise LoginFailed or AccountLocked. Audited either way."""
         now = _now()
+        self._keys()  # no login at all without the keys, rather than every one failing
         failure: CPCPError
         # Failures are raised after the transaction commits, so their audit entries stay.
         async with self._audit.transaction() as db:
@@ -172,7 +183,7 @@ class OfficerAuth:
     ) -> OfficerIdentity | None:
         """Passphrase and a fresh TOTP code; counts failures and locks after too many."""
         good = await asyncio.to_thread(self._passphrase_ok, officer.passphrase_hash, passphrase)
-        step = self._totp_step(officer.totp_secret, code.strip(), now)
+        step = self._totp_step(self._keys().open_totp(officer.totp_secret, officer.id), code.strip(), now)
         reused = step is not None and officer.totp_last_step is not None and step <= officer.totp_last_step
         if not good or step is None or reused:
             officer.failed_logins += 1
@@ -204,12 +215,12 @@ class OfficerAuth:
         expires = _now() + self._token_ttl
         async with self._sessions.begin() as db:
             await db.execute(delete(ApiToken).where(ApiToken.expires_at < _now()))
-            db.add(ApiToken(token_hash=hashlib.sha256(token.encode()).hexdigest(),
+            db.add(ApiToken(token_hash=self._keys().token_hash(token),
                             officer_id=officer.id, expires_at=expires))
         return token, expires
 
     async def authenticate(self, token: str) -> OfficerIdentity | None:
-        digest = hashlib.sha256(token.encode()).hexdigest()
+        digest = self._keys().token_hash(token)
         async with self._sessions() as db:
             row = await db.get(ApiToken, digest)
             if row is None or row.expires_at <= _now():
@@ -223,4 +234,20 @@ class OfficerAuth:
 
     async def revoke_token(self, token: str) -> None:
         async with self._sessions.begin() as db:
-            await db.execute(delete(ApiToken).where(ApiToken.token_hash == hashlib.sha256(token.encode()).hexdigest()))
+            await db.execute(delete(ApiToken).where(ApiToken.token_hash == self._keys().token_hash(token)))
+
+    async def seal_plaintext_totp(self) -> int:
+        """Seal the TOTP secrets stored in plaintext (by a release before the gateway had its
+        own keys, or in a restored backup of one); return how many. Called only where the
+        gateway's keys are made or a backup restored, never at a login or a start: else a
+        writer of the database could plant a plaintext secret of its own to be sealed."""
+        keys = self._keys()
+        async with self._audit.transaction() as db:
+            officers = (await db.scalars(select(Officer).where(Officer.totp_secret.is_not(None)))).all()
+            plain = [o for o in officers if o.totp_secret is not None and not is_sealed(o.totp_secret)]
+            for officer in plain:
+                assert officer.totp_secret is not None
+                officer.totp_secret = keys.seal_totp(officer.totp_secret, officer.id)
+            if plain:
+                await self._audit.record(db, officer_id=None, action="totp_secrets_sealed", count=len(plain))
+        return len(plain)

@@ -37,10 +37,11 @@ from .backup import FORMAT, READ_CHUNK, STAGING_PREFIX, VERSION, require_owner, 
 from .db import make_engine
 from .dbdump import DumpError, clear, count_rows, insert, parse_chunk, reset_sequences
 from .errors import CPCPError, KeyProblem
+from .gateway_secrets import create_gateway_secrets
 from .migrate import alembic_config, upgrade
 from .models import AuditEntry, Source
 from .roster import DEPLOYMENT_ACTIONS
-from .services import build_core, check_keys
+from .services import build_core, check_keys, publish_reply_keys
 from .settings import Settings
 
 _DB_MEMBER = re.compile(r"^database/\d{5}-[a-z_]+\.jsonl$")
@@ -311,8 +312,13 @@ async def drill(settings: Settings, stream: IO[bytes]) -> RestoreReport:
 
 
 async def _after(settings: Settings, manifest: dict[str, Any], rows: int) -> RestoreReport:
-    """Check what came back and record the restore in the audit log."""
-    core = build_core(settings)
+    """Check what came back and record the restore in the audit log. As every role: a
+    restore runs as root, or as the one user of a single-user deployment."""
+    if not settings.gateway_secrets_file.exists():
+        # A backup of a release before the gateway had keys of its own; its TOTP secrets are
+        # plaintext and are sealed below, with these keys.
+        create_gateway_secrets(settings.gateway_secrets_file)
+    core = build_core(settings, "all")
     try:
         check = await core.audit.verify()
         audit = manifest.get("audit") or {}
@@ -324,6 +330,8 @@ async def _after(settings: Settings, manifest: dict[str, Any], rows: int) -> Res
         missing = fingerprints - await asyncio.to_thread(core.source_keys.secret_fingerprints)
         if missing:
             raise RestoreError(f"{len(missing)} source reply key(s) are missing from the restored keyring")
+        await core.officer_auth.seal_plaintext_totp()
+        await publish_reply_keys(core)
         problem: str | None = None
         try:
             await check_keys(core)

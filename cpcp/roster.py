@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -197,6 +198,7 @@ async def apply_deployment(
     keyring: Keyring,
     audit: AuditLog,
     workstations: WorkstationKeys | None = None,
+    more_keyrings: Sequence[Keyring] = (),
 ) -> DeployReport:
     """Import the pinned keys and upsert officers and units; retire the officers marked
     ``retired``. Nothing unlisted is touched (a shortened file must not lock officers out or
@@ -209,9 +211,12 @@ async def apply_deployment(
         by_handle = {o.handle: o for o in (await db.scalars(select(Officer))).all()}
         by_slug = {u.slug: u for u in (await db.scalars(select(Unit))).all()}
         _refuse_unsafe(deployment, by_handle, by_slug)
-        await asyncio.to_thread(import_pinned_keys, deployment, keys_dir=keys_dir,
-                                oversight_key_file=oversight_key_file,
-                                oversight_fingerprint=oversight_fingerprint, keyring=keyring)
+        # Each app that encrypts to officers has a keyring of its own (``more_keyrings``: the
+        # gateway's, where one user runs everything): each gets the same pinned keys.
+        for ring in (keyring, *more_keyrings):
+            await asyncio.to_thread(import_pinned_keys, deployment, keys_dir=keys_dir,
+                                    oversight_key_file=oversight_key_file,
+                                    oversight_fingerprint=oversight_fingerprint, keyring=ring)
         step = _Apply(db, audit, report, workstations)
         units_of = {h: sorted(u.slug for u in o.units) for h, o in by_handle.items()}
         for spec in deployment.serving:

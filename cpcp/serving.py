@@ -21,8 +21,9 @@ from hypercorn.config import Config
 
 from .errors import CPCPError
 from .framing import close_after_ambiguous_framing
-from .services import CoreServices, build_core, start_core
+from .services import CoreServices, Role, build_core, start_core
 from .settings import Settings, load_settings
+from .store import ensure_mode
 
 
 def hypercorn_config(host: str, port: int) -> Config:
@@ -38,7 +39,9 @@ def hypercorn_config(host: str, port: int) -> Config:
 
 def setup_logging(settings: Settings, name: str) -> None:
     """Errors and start-up only, to the data folder's log and stderr; never request details."""
+    # One folder, a file per app: shared by the two apps' users where they are two.
     settings.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_mode(settings.log_dir, 0o2770 if settings.shared_data else 0o700)
     handlers: list[logging.Handler] = [
         logging.FileHandler(settings.log_dir / f"{name}.log"),
         logging.StreamHandler(sys.stderr),
@@ -57,6 +60,7 @@ def main(
     address: Callable[[Settings], tuple[str, int]],
     argv: list[str] | None = None,
     serve_app: Callable[..., Awaitable[None]] = serve,
+    role: Role = "all",
 ) -> int:
     """Run one server app. ``serve_app`` is Hypercorn's ``serve`` unless the app brings its
     own accept loop (the source app reads tor's PROXY lines: source_app/circuits.py)."""
@@ -66,7 +70,7 @@ def main(
     try:
         settings = load_settings(args.config)
         setup_logging(settings, prog)
-        core: CoreServices = build_core(settings)
+        core: CoreServices = build_core(settings, role=role)
         app = create_app(settings, core=core)
     except CPCPError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)

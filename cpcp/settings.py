@@ -136,6 +136,11 @@ class Settings:
     kdf: KdfSettings = field(default_factory=KdfSettings)
     tor: TorSettings = field(default_factory=TorSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
+    # True where the source app and the gateway run as two users of one group (ansible's
+    # cpcp-source and cpcp-gateway in cpcp-apps): the store's folders are made 2770 and its
+    # objects 0640, and a SQLite database 0660, so that both may write them. False (one user,
+    # as in development): everything stays 0700/0600.
+    shared_data: bool = False
 
     @property
     def store_dir(self) -> Path:
@@ -148,6 +153,17 @@ class Settings:
     @property
     def secrets_file(self) -> Path:
         return self.data_dir / "secrets.json"
+
+    @property
+    def gateway_secrets_file(self) -> Path:
+        return self.data_dir / "gateway-secrets.json"
+
+    @property
+    def gateway_gnupg_home(self) -> Path:
+        """The gateway's own GnuPG homes (officers/, sources/): public keys only, so that the
+        gateway never opens the source app's homes (two users on one home fight over its
+        gpg-agent, and gnupg/sources holds the reply keys' secret halves)."""
+        return self.data_dir / "gnupg-gateway"
 
     @property
     def log_dir(self) -> Path:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .codenames import Codename, ReplyPassphrase, derive_keys, normalize_codename
-from .errors import UnknownCodename
+from .errors import ConfigError, UnknownCodename
 from .models import Source
 from .pgp import Keyring, random_uid
 from .settings import KdfSettings
@@ -30,26 +30,34 @@ class SourceAccounts:
         *,
         sessions: async_sessionmaker[AsyncSession],
         keyring: Keyring,
-        salt: bytes,
+        salt: bytes | None,
         kdf: KdfSettings,
         throttle: LoginThrottle,
     ) -> None:
         self._sessions = sessions
         self._keyring = keyring
+        # None for the gateway, which never opens secrets.json: no codename can be checked.
         self._salt = salt
         self._kdf = kdf
         self._throttle = throttle
+
+    def _require_salt(self) -> bytes:
+        if self._salt is None:
+            raise ConfigError("this program does not hold the codename salt (secrets.json)")
+        return self._salt
 
     async def create(self, codename: Codename, *, caller: str = "unattributed") -> SourceLogin:
         """Register a new codename: store its lookup id, make its reply key pair. The hash
         takes ``caller``'s turn among the login hashes."""
         async with self._throttle.hashing(caller):
-            keys = await asyncio.to_thread(derive_keys, codename, salt=self._salt, kdf=self._kdf)
+            keys = await asyncio.to_thread(derive_keys, codename, salt=self._require_salt(), kdf=self._kdf)
         fpr = await asyncio.to_thread(
             self._keyring.generate_key, passphrase=keys.reply_passphrase, uid=random_uid()
         )
+        public = await asyncio.to_thread(self._keyring.export_public_key, fpr)
         async with self._sessions.begin() as db:
-            source = Source(lookup_id=keys.lookup_id, reply_key_fingerprint=fpr)
+            # The public half goes to the database for the gateway (see Source.reply_public_key).
+            source = Source(lookup_id=keys.lookup_id, reply_key_fingerprint=fpr, reply_public_key=public)
             db.add(source)
             await db.flush()
             return SourceLogin(source_id=source.id, reply_passphrase=keys.reply_passphrase)
@@ -65,7 +73,7 @@ class SourceAccounts:
                 await attempt.wrong()  # garbage: no hash, but the caller's token stays spent
                 raise
             async with attempt.hashing():
-                keys = await asyncio.to_thread(derive_keys, codename, salt=self._salt, kdf=self._kdf)
+                keys = await asyncio.to_thread(derive_keys, codename, salt=self._require_salt(), kdf=self._kdf)
             async with self._sessions() as db:
                 source_id = await db.scalar(select(Source.id).where(Source.lookup_id == keys.lookup_id))
             if source_id is None:

@@ -51,16 +51,40 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def ensure_mode(path: Path, mode: int) -> None:
+    """``path`` has ``mode``: set it if it has not (only its owner can; a folder the other app
+    made with the right mode is left as it is)."""
+    if path.stat().st_mode & 0o7777 != mode:
+        try:
+            os.chmod(path, mode)
+        except PermissionError as exc:
+            raise StoreError(f"{path} has mode {path.stat().st_mode & 0o7777:o}, not {mode:o}, "
+                             "and is not ours to change") from exc
+
+
 class Store:
-    def __init__(self, root: Path) -> None:
+    """``shared``: two users of one group write here (the source app its tips, the gateway
+    replies and disclosures; the retention run deletes both): the store's own folders 2770
+    (setgid, made so by ``cpcp-admin init``), case folders 0770 and objects 0640 (the other app
+    reads, never changes them). Otherwise 0700/0600, one user. Case folders go without the
+    setgid bit: the apps' sandbox forbids setting it (RestrictSUIDSGID=), and both apps' own
+    group is the store's anyway."""
+
+    def __init__(self, root: Path, *, shared: bool = False) -> None:
         self.root = root.resolve()
         self.tmp = self.root / ".tmp"
-        self.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
+        self._dir_mode = 0o2770 if shared else 0o700
+        self._case_dir_mode = 0o770 if shared else 0o700
+        self._file_mode = 0o640 if shared else 0o600
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_mode(self.root, self._dir_mode)
+        self.tmp.mkdir(mode=0o700, exist_ok=True)
+        ensure_mode(self.tmp, self._dir_mode)
 
     def _own_tmp(self) -> Path:
         # One temp folder per process: at start-up, folders of dead processes are leftovers of
-        # a crash and can go at once, while a live process's uploads are left alone.
+        # a crash and can go at once, while a live process's uploads are left alone. 0700: a
+        # half-written object is nobody else's business.
         path = self.tmp / str(os.getpid())
         path.mkdir(mode=0o700, exist_ok=True)
         return path
@@ -85,10 +109,15 @@ class Store:
         """Make the temp file durable and move it into place; return its object name."""
         if not _CASE_RE.match(case_public_id) or not role.isalpha():
             raise StoreError("bad case id or role")
+        os.fchmod(pending.fd, self._file_mode)
         os.fsync(pending.fd)
         self._close(pending)
         case_dir = self.root / case_public_id
-        case_dir.mkdir(mode=0o700, exist_ok=True)
+        try:
+            case_dir.mkdir(mode=0o700)
+            os.chmod(case_dir, self._case_dir_mode)  # mkdir's mode passes through the umask
+        except FileExistsError:
+            pass
         name = f"{case_public_id}/{secrets.token_hex(16)}-{role}.gpg"
         os.rename(pending.path, self.root / name)
         _fsync_dir(case_dir)

@@ -23,7 +23,8 @@ def create_app(settings: Settings, *, core: CoreServices | None = None) -> Quart
     broken catalogue) and checked before the first request (keys, store sweep)."""
     app = Quart(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
     app.url_map.converters["id"] = IdConverter
-    core = core or build_core(settings)
+    # The source app's role: it never opens the gateway's secrets.
+    core = core or build_core(settings, role="source")
     app.config.update(
         # The upload limit is enforced while streaming; this only bounds non-upload bodies.
         MAX_CONTENT_LENGTH=settings.max_upload_bytes + 1024 * 1024,

@@ -14,7 +14,7 @@ from .circuits import serve_with_circuits
 def main(argv: list[str] | None = None) -> int:
     return serve_main(
         prog="cpcp-source", description=__doc__ or "", create_app=create_app,
-        address=lambda s: (s.source.host, s.source.port), argv=argv,
+        address=lambda s: (s.source.host, s.source.port), argv=argv, role="source",
         serve_app=serve_with_circuits,
     )
 

@@ -300,10 +300,15 @@ def test_units_start_entry_points_on_loopback_in_order(tmp_path: Path) -> None:
                 assert service["User"] == "cpcp-tor"
                 assert service["ReadWritePaths"] == "/var/lib/cpcp-tor"
                 assert service["InaccessiblePaths"] == f"-{tmp_path / 'data'}"
-            else:
-                assert service["User"] == "cpcp"
-                assert service["ReadWritePaths"] == str(tmp_path / "data")
-                assert service["InaccessiblePaths"] == "-/var/lib/cpcp-tor"
+            else:  # two users of one group; each app's unit hides the other's secrets too
+                data = tmp_path / "data"
+                theirs = {"cpcp-source.service": ("gateway-secrets.json", "gnupg-gateway"),
+                          "cpcp-gateway.service": ("secrets.json", "gnupg")}[name]
+                assert service["User"] == name.removesuffix(".service")
+                assert service["Group"] == "cpcp-apps"
+                assert service["ReadWritePaths"] == str(data)
+                assert service["InaccessiblePaths"].split() == [
+                    "-/var/lib/cpcp-tor", *(f"-{data / p}" for p in theirs)]
             assert service["Environment"] == f"CPCP_CONFIG={tmp_path / 'etc' / 'cpcp.toml'}"
         else:  # the desk: a user unit, run by the officer's own systemd
             assert dest.parent == Path("/etc/systemd/user")
@@ -315,7 +320,7 @@ def test_units_start_entry_points_on_loopback_in_order(tmp_path: Path) -> None:
     assert {"cpcp-source.service", "cpcp-gateway.service"} <= set(after)
 
 
-def test_retention_runs_daily_as_the_apps_do(tmp_path: Path) -> None:
+def test_retention_runs_daily_as_the_source_app_does(tmp_path: Path) -> None:
     found = units(tmp_path)
     dest, text = found["cpcp-retention.service"]
     service = unit(text)["Service"]
@@ -326,10 +331,11 @@ def test_retention_runs_daily_as_the_apps_do(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as shown:  # a subcommand cpcp-admin knows
         admin_main(["retention", "--help"])
     assert shown.value.code == 0
-    # The same user, settings and hardening as the gateway, line for line.
-    gateway = unit(found["cpcp-gateway.service"][1])["Service"]
-    for key in set(gateway) - {"ExecStart", "Restart"}:
-        assert service[key] == gateway[key], key
+    # The same user, settings and hardening as the source app, line for line: the purge
+    # deletes reply keys from the source app's keyring.
+    source = unit(found["cpcp-source.service"][1])["Service"]
+    for key in set(source) - {"ExecStart", "Restart"}:
+        assert service[key] == source[key], key
     assert "Restart" not in service and "Install" not in unit(text)  # the timer starts it
     timer_dest, timer_text = found["cpcp-retention.timer"]
     timer = unit(timer_text)
@@ -347,7 +353,7 @@ def test_retention_runs_daily_as_the_apps_do(tmp_path: Path) -> None:
     assert module(enable) == ("ansible.builtin.systemd", {
         "name": "cpcp-retention.timer", "enabled": True, "daemon_reload": True,
         "state": "{{ 'restarted' if cpcp_retention_timer.changed else 'started' }}"})
-    assert names.index("Initialise (secrets, schema, units, pinned keys); idempotent") < names.index(
+    assert names.index("Initialise (secrets, schema, units, pinned keys) as each app's user; idempotent") < names.index(
         "Retention timer enabled and started")
 
 
@@ -368,7 +374,7 @@ def test_alerter_runs_as_its_own_user_without_the_data_folder(tmp_path: Path) ->
     # Installed, enabled and run only with cpcp_alerts, after init checked the URLs.
     names = [t["name"] for t in tasks(load("server.yml")[0])]
     assert names.index("Alerter running (alerts on)") > names.index(
-        "Initialise (secrets, schema, units, pinned keys); idempotent")
+        "Initialise (secrets, schema, units, pinned keys) as each app's user; idempotent")
     by_name = {t["name"]: t for t in tasks(load("server.yml")[0])}
     for name in ("System user for the alerter", "Alerter service", "Alerter running (alerts on)",
                  "Alerts need PostgreSQL (the alerter cannot open the data folder's SQLite file)"):
@@ -399,7 +405,7 @@ def test_tors_user_revokes_retired_officers_workstation_keys_after_init(tmp_path
         cpcp_workstation_sync={"stdout": "revoked workstation desk-1 (officer x retired)"})
     assert not ENV.compile_expression(sync["changed_when"])(cpcp_workstation_sync={"stdout": ""})
     # After the init that retires in the database, and once cpcp-onion runs and has its keys.
-    assert (names.index("Initialise (secrets, schema, units, pinned keys); idempotent")
+    assert (names.index("Initialise (secrets, schema, units, pinned keys) as each app's user; idempotent")
             < names.index("Source app, gateway and onions running") < names.index("Restart what changed")
             < names.index("Onion status") < names.index(SYNC_TASK))
 

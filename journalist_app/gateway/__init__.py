@@ -22,7 +22,8 @@ from . import api
 def create_app(settings: Settings, *, core: CoreServices | None = None) -> Quart:
     app = Quart(__name__)
     app.url_map.converters["id"] = IdConverter
-    core = core or build_core(settings)
+    # The gateway's role: it never opens secrets.json nor the source app's GnuPG homes.
+    core = core or build_core(settings, role="gateway")
     app.config.update(MAX_CONTENT_LENGTH=8 * 1024 * 1024, PROPAGATE_EXCEPTIONS=False)
     app.extensions["cpcp_core"] = core
     feed = ChangeFeed(sessions=core.sessions)

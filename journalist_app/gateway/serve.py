@@ -12,7 +12,7 @@ from . import create_app
 def main(argv: list[str] | None = None) -> int:
     return serve_main(
         prog="cpcp-gateway", description=__doc__ or "", create_app=create_app,
-        address=lambda s: (s.gateway.host, s.gateway.port), argv=argv,
+        address=lambda s: (s.gateway.host, s.gateway.port), argv=argv, role="gateway",
     )
 
 

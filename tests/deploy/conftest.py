@@ -90,10 +90,12 @@ class Site:
     #: What the journey left for the restore drill to find again (codename, canaries).
     story: dict[str, Any] = field(default_factory=dict)
 
-    def admin(self, *args: str, host: Container | None = None, check: bool = True) -> str:
-        """``cpcp-admin`` on the server as the service user, as the README tells the admin."""
+    def admin(self, *args: str, host: Container | None = None, check: bool = True,
+              user: str = "cpcp-gateway") -> str:
+        """``cpcp-admin`` on the server as an app's user (the gateway's: officers' enrolment
+        and the audit log), as the README tells the admin."""
         target = host or self.server
-        return target.run(["runuser", "-u", "cpcp", "--", f"{VENV}/cpcp-admin", "--config", CONFIG, *args],
+        return target.run(["runuser", "-u", user, "--", f"{VENV}/cpcp-admin", "--config", CONFIG, *args],
                           check=check).stdout
 
     def onion_cli(self, *args: str, host: Container | None = None, check: bool = True) -> str:

@@ -92,16 +92,56 @@ def test_each_cpcp_unit_is_sandboxed_to_ok_or_better(request: pytest.FixtureRequ
     assert all(score <= 2.0 for score, _ in scores.values()), scores
 
 
+DATA = "/var/lib/cpcp"
+
+
 def test_tor_and_the_apps_cannot_read_each_others_secrets(site: Site) -> None:
+    """tor, the source app and the gateway: three users, none reading another's secrets."""
     srv = site.server
+
+    def denied(user: str, *command: str) -> bool:
+        done = srv.run(["runuser", "-u", user, "--", *command], check=False)
+        return done.returncode != 0 and "Permission denied" in done.stderr
+
+    def readable(user: str, path: str) -> bool:
+        return srv.run(["runuser", "-u", user, "--", "test", "-r", path], check=False).returncode == 0
+
     keys = srv.run(["sh", "-c", "ls /var/lib/cpcp-tor/onion/source/"]).stdout.split()
     assert "hs_ed25519_secret_key" in keys
-    as_app = srv.run(["runuser", "-u", "cpcp", "--", "cat", "/var/lib/cpcp-tor/onion/source/hs_ed25519_secret_key"],
-                     check=False)
-    assert as_app.returncode != 0 and "Permission denied" in as_app.stderr
-    as_tor = srv.run(["runuser", "-u", "cpcp-tor", "--", "cat", "/var/lib/cpcp/secrets.json"], check=False)
-    assert as_tor.returncode != 0 and "Permission denied" in as_tor.stderr
-    assert srv.run(["runuser", "-u", "cpcp", "--", "test", "-r", "/var/lib/cpcp/secrets.json"]).returncode == 0
+    for app in ("cpcp-source", "cpcp-gateway"):
+        assert denied(app, "cat", "/var/lib/cpcp-tor/onion/source/hs_ed25519_secret_key")
+    # The source app's: the codename salt and CSRF key, the reply keys' secret halves.
+    secret_keys = srv.run(["sh", "-c", f"ls {DATA}/gnupg/sources/private-keys-v1.d/"]).stdout.split()
+    assert secret_keys, "the journey made a source, so a reply key"
+    for other in ("cpcp-gateway", "cpcp-tor"):
+        assert denied(other, "cat", f"{DATA}/secrets.json")
+        assert denied(other, "ls", f"{DATA}/gnupg/sources/private-keys-v1.d")
+        assert denied(other, "cat", f"{DATA}/gnupg/sources/private-keys-v1.d/{secret_keys[0]}")
+    assert readable("cpcp-source", f"{DATA}/secrets.json")
+    # The gateway's: the keys that seal TOTP secrets and key token hashes; its keyrings hold
+    # public keys only.
+    for other in ("cpcp-source", "cpcp-tor"):
+        assert denied(other, "cat", f"{DATA}/gateway-secrets.json")
+        assert denied(other, "ls", f"{DATA}/gnupg-gateway")
+    assert readable("cpcp-gateway", f"{DATA}/gateway-secrets.json")
+    listed = srv.run(["runuser", "-u", "cpcp-gateway", "--", "gpg", "--homedir", f"{DATA}/gnupg-gateway/sources",
+                      "--list-secret-keys", "--with-colons"]).stdout
+    assert "sec:" not in listed
+    # tor's user reads nothing of the data folder, the database included.
+    assert denied("cpcp-tor", "cat", f"{DATA}/cpcp.sqlite")
+    # The source app may read the database, but the TOTP secret it finds there is sealed with
+    # the gateway's key: no authenticator code comes of it.
+    probe = ("import sqlite3, sys; db = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True); "
+             "print('\\n'.join(r[0] for r in db.execute('SELECT totp_secret FROM officers "
+             "WHERE totp_secret IS NOT NULL')))")
+    stored = srv.run(["runuser", "-u", "cpcp-source", "--", "python3", "-c", probe,
+                      f"{DATA}/cpcp.sqlite"]).stdout.split()
+    assert stored and all(s.startswith("v1:") for s in stored), stored
+    assert site.officer.totp_secret not in "".join(stored)
+    # Each app's unit runs as its own user, and both serve (the journey went through both).
+    for unit, user in (("cpcp-source", "cpcp-source"), ("cpcp-gateway", "cpcp-gateway")):
+        shown = srv.run(["systemctl", "show", "-p", "User", "-p", "ActiveState", unit]).stdout
+        assert f"User={user}" in shown and "ActiveState=active" in shown, shown
 
 
 def connects(timeout: float, host: str, port: int) -> str:
@@ -129,7 +169,8 @@ def test_only_tors_user_and_apt_connect_out(site: Site) -> None:
     host, port = re.search(r" (\d+\.\d+\.\d+\.\d+):(\d+) ", line).groups()  # type: ignore[union-attr]
     probe = (f"import socket; socket.create_connection(('{host}', {port}), timeout=3).close(); "
              "print('connected')")
-    for user, expected in (("cpcp-tor", True), ("_apt", True), ("cpcp", False), ("root", False)):
+    for user, expected in (("cpcp-tor", True), ("_apt", True), ("cpcp-source", False),
+                           ("cpcp-gateway", False), ("root", False)):
         done = site.server.run(["runuser", "-u", user, "--", "python3", "-c", probe], check=False)
         assert ("connected" in done.stdout) is expected, (user, done.stderr)
     ruleset = site.server.run(["nft", "list", "ruleset"]).stdout

@@ -39,7 +39,7 @@ def test_a_retired_officers_workstation_key_goes_and_the_rest_stays(
     assert site.admin("audit-verify").startswith("audit log intact")
     # officer-b cannot be enrolled again while retired; officer-a's desk-1 still works (the
     # restore drill after this module syncs through it).
-    refused = site.server.run(["runuser", "-u", "cpcp", "--", f"{VENV}/cpcp-admin", "--config", CONFIG,
+    refused = site.server.run(["runuser", "-u", "cpcp-gateway", "--", f"{VENV}/cpcp-admin", "--config", CONFIG,
                                "officer-enrol", "officer-b"], check=False)
     assert refused.returncode != 0 and "retired" in refused.stderr and "passphrase:" not in refused.stdout
     again = apply("server.yml", {"cpcp_server": site.server}, site.server_vars, site.workdir)

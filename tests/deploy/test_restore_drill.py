@@ -40,7 +40,8 @@ DESK_CACHE = "/home/officer/.local/share/cpcp-desk"
 
 def decrypt_into(host: Container, backup: Path) -> float:
     """On the admin's machine: ``gpg --decrypt`` with the backup key, piped into ``cpcp-admin
-    restore -`` on the new host (as ``ssh host sudo -u cpcp ...`` would); the seconds it took."""
+    restore -`` on the new host as root, the data folder's owner (as ``ssh host sudo ...`` would);
+    the seconds it took."""
     home = Path(tempfile.mkdtemp(prefix="cpcp-backup-key-"))
     try:
         subprocess.run(["gpg", "--homedir", str(home), "--batch", "--quiet", "--import",
@@ -48,7 +49,7 @@ def decrypt_into(host: Container, backup: Path) -> float:
         started = time.monotonic()
         gpg = subprocess.Popen(["gpg", "--homedir", str(home), "--batch", "--quiet", "--decrypt", str(backup)],
                                stdout=subprocess.PIPE)
-        restore = subprocess.run(["nsenter", "-t", str(host.pid), "-a", "--", "runuser", "-u", "cpcp", "--",
+        restore = subprocess.run(["nsenter", "-t", str(host.pid), "-a", "--",
                                   f"{VENV}/cpcp-admin", "--config", CONFIG, "restore", "-"],
                                  stdin=gpg.stdout, capture_output=True, text=True, timeout=600, check=False)
         assert gpg.stdout is not None
