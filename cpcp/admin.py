@@ -142,11 +142,10 @@ async def deploy(settings: Settings, role: Role = "all") -> None:
         raise CPCPError("deployment_file is not set")
     deployment = load_deployment(settings.deployment_file)
     policy = load_retention(settings.deployment_file)
-    core = build_core(settings, role)
     # Refused before anything changes, like a bad key: a bad alert URL or target.
     alerts = load_alert_config(settings.deployment_file)
     targets = load_targets(settings.deployment_file)
-    core = build_core(settings)
+    core = build_core(settings, role)
     try:
         report = await apply_deployment(
             deployment, keys_dir=settings.keys_dir, oversight_key_file=settings.oversight_key_file,

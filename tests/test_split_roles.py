@@ -243,3 +243,25 @@ def test_migration_0005_keeps_totp_secrets_and_drops_unkeyed_tokens(database_url
     asyncio.run(before())
     upgrade(database_url)
     assert asyncio.run(after()) == (plain, 0)
+
+
+def test_init_and_deploy_as_each_apps_user_open_only_that_apps_secrets(
+        tmp_path: Path, database_url: str) -> None:
+    """As ansible/server.yml runs it: `init --role source` as cpcp-source on a fresh host (the
+    gateway's secrets not made yet), then `init --role gateway` as cpcp-gateway, each with the
+    other's secrets out of reach (moved away here: the suite runs as one user)."""
+    from cpcp.settings import load_settings
+    from tests.conftest import write_deployment
+
+    settings = load_settings(write_deployment(tmp_path, database_url), env={})
+    init_deployment(settings, "source")
+    assert settings.secrets_file.exists() and not settings.gateway_secrets_file.exists()
+    hidden = tmp_path / "elsewhere"
+    hidden.mkdir()
+    shutil.move(settings.secrets_file, hidden / "secrets.json")
+    init_deployment(settings, "gateway")  # reads no secrets.json
+    assert settings.gateway_secrets_file.exists()
+    shutil.move(hidden / "secrets.json", settings.secrets_file)
+    shutil.move(settings.gateway_secrets_file, hidden / "gateway-secrets.json")
+    init_deployment(settings, "source")  # again (idempotent), reading no gateway-secrets.json
+    shutil.move(hidden / "gateway-secrets.json", settings.gateway_secrets_file)
