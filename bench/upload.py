@@ -15,9 +15,9 @@ import hashlib
 import os
 import secrets
 import shutil
-import statistics
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
